@@ -1,0 +1,20 @@
+# Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
+PY := $(or $(LVAE_VENV),.venv)/bin/python
+
+.PHONY: setup seed test test-slow seeds
+
+setup:
+	@scripts/setup.sh
+
+seed: setup  ## reproduce the seed: the ELBO failure and the spread fix, with a summary
+	@$(PY) -m lightning_vae.reproduce
+
+test: setup  ## the default test suite (CI runs exactly this)
+	@$(PY) -m pytest -q
+
+test-slow: setup  ## long learning-signal tests, incl. the 10-seed loops
+	@$(PY) -m pytest -q -m slow
+
+seeds: setup  ## 10-seed loop of both seed configs
+	@$(PY) -m lightning_vae.seeds configs/seed_spread.yaml --seeds 0-9
+	@$(PY) -m lightning_vae.seeds configs/seed_elbo.yaml --seeds 0-9

@@ -1,0 +1,364 @@
+"""Callbacks: decoder-variance monitor, sample quality, sample figure, divergence guard,
+and the hparams summary. They read the model through its public API and the data through
+the datamodule; they add no maths of their own beyond ``metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+
+from lightning_vae import metrics
+
+log = logging.getLogger(__name__)
+
+
+def axis_name(i: int, dim: int) -> str:
+    """'x', 'y', 'z' for up to three axes, else 'd0', 'd1', ..."""
+    return "xyz"[i] if dim <= 3 else f"d{i}"
+
+
+def _histogram(writer, tag: str, values: Tensor, step: int) -> None:
+    """A histogram of the finite values (a diverged model has none: then nothing)."""
+    values = values[values.isfinite()].detach().cpu()
+    if len(values):
+        writer.add_histogram(tag, values, step)
+
+
+def _tb(trainer: pl.Trainer):
+    """The TensorBoard SummaryWriter of the first TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class DecoderVarianceMonitor(pl.Callback):
+    """Logs the decoder mean and std per axis and latent state; detects variance collapse.
+
+    Collapse is declared the first time the std of the likelihood being trained falls
+    below ``collapse_ratio * data_scale`` (data_scale = the largest per-axis std of the
+    training data): far below anything in the data. That std is the decoder's own for the
+    ELBO, and the convolved sqrt(std^2 + noise_std^2) for the spread ELBO, which cannot
+    collapse (the raw decoder std of a spread run may drift towards 0 harmlessly: its
+    gradient vanishes). The step and axis are logged (``decoder/collapse_step``) and
+    reported once on stderr.
+
+    Args:
+        collapse_ratio: threshold relative to the data scale (1e-2: two orders of
+            magnitude below it, ten times below the seed's cluster std of 0.1).
+        check_every_n_steps: how often the threshold is checked (scalars are logged every
+            ``trainer.log_every_n_steps``).
+    """
+
+    def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1) -> None:
+        if not collapse_ratio > 0:
+            raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.collapse_ratio = collapse_ratio
+        self.check_every_n_steps = check_every_n_steps
+        self.collapse: dict | None = None  # step, axis, state, std of the first crossing
+
+    def state_dict(self) -> dict:
+        return {"collapse": self.collapse}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.collapse = state_dict.get("collapse")
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        log_now = step % trainer.log_every_n_steps == 0
+        if step % self.check_every_n_steps and not log_now:
+            return
+        loc, scale = pl_module.decoder_params()  # (K, D)
+        lik_scale = pl_module.likelihood_scale(scale)
+        data_scale = trainer.datamodule.data_scale
+        ratio = float(lik_scale.min()) / data_scale
+        if self.collapse is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
+            self._record(trainer, step, lik_scale, data_scale)
+        if not log_now:
+            return
+        values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
+                  "decoder/min_likelihood_std_ratio": ratio}
+        dim = loc.shape[1]
+        for k in range(loc.shape[0]):
+            for d in range(dim):
+                a = axis_name(d, dim)
+                values[f"decoder/std_{a}_z{k}"] = float(scale[k, d])
+                values[f"decoder/loc_{a}_z{k}"] = float(loc[k, d])
+        if self.collapse is not None:
+            values["decoder/collapse_step"] = self.collapse["step"]
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+
+    def _record(self, trainer, step: int, lik_scale: Tensor, data_scale: float) -> None:
+        k, d = divmod(int(torch.nan_to_num(lik_scale, nan=0.0).argmin()), lik_scale.shape[1])
+        axis = axis_name(d, lik_scale.shape[1])
+        std = float(lik_scale[k, d])
+        self.collapse = {"step": step, "axis": axis, "state": k, "std": std}
+        axis_std = float(trainer.datamodule.axis_std[d])
+        _warn(f"Decoder variance collapse at step {step}: the likelihood std on axis {axis} "
+              f"(z={k}) fell to {std:.3g}, below {self.collapse_ratio:g} x the data scale "
+              f"{data_scale:.3g}; the training data's std on that axis is {axis_std:.3g}.")
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        loc, scale = pl_module.decoder_params()
+        pl_module.log("decoder/min_std_ratio_val", float(scale.min()) / trainer.datamodule.data_scale)
+        writer = _tb(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        dim = scale.shape[1]
+        for d in range(dim):
+            _histogram(writer, f"decoder/log10_std_{axis_name(d, dim)}", scale[:, d].log10(),
+                       trainer.global_step)
+        x = trainer.datamodule.val_x.to(pl_module.device)
+        _histogram(writer, "encoder/q_z1", pl_module.encode(x).probs, trainer.global_step)
+
+
+class SampleQuality(pl.Callback):
+    """Quality of clean-model samples against held-out data and the true manifold.
+
+    Logs ``quality/mmd`` (unbiased RBF MMD^2, bandwidth fixed to the median pairwise
+    distance of the validation data so that epochs are comparable), ``quality/dist_mean``
+    and ``quality/dist_p95`` (distance of samples to the manifold), and, for data with
+    modes, ``quality/mode_frac_k`` and ``quality/mode_imbalance`` (0 = even split).
+
+    Args:
+        n_samples: number of model samples and of validation points compared.
+        every_n_epochs: run after every n-th validation epoch.
+        seed: seed of the sampling generator (same samples' noise every time).
+    """
+
+    def __init__(self, n_samples: int = 2000, every_n_epochs: int = 1, seed: int = 0) -> None:
+        if n_samples < 2:
+            raise ValueError(f"n_samples must be >= 2, got {n_samples}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.n_samples, self.every_n_epochs, self.seed = n_samples, every_n_epochs, seed
+        self._bandwidth: Tensor | None = None
+
+    @torch.no_grad()
+    def compute(self, pl_module, datamodule) -> dict[str, float]:
+        """The quality numbers of the current model, as plain floats."""
+        data = datamodule.val_x[: self.n_samples]
+        if self._bandwidth is None:
+            self._bandwidth = metrics.median_bandwidth(data[: len(data) // 2], data[len(data) // 2 :])
+        g = torch.Generator().manual_seed(self.seed)
+        x = pl_module.sample(self.n_samples, generator=g).cpu().float()
+        values = {"quality/mmd": metrics.mmd_rbf(x, data, self._bandwidth)}
+        manifold = datamodule.manifold
+        dist = manifold.distance(x)
+        values["quality/dist_mean"] = dist.mean()
+        values["quality/dist_p95"] = dist.quantile(0.95) if dist.isfinite().all() else dist.max()
+        if manifold.n_components:
+            frac = metrics.mode_fractions(manifold.component(x), manifold.n_components)
+            values.update({f"quality/mode_frac_{k}": f for k, f in enumerate(frac)})
+            values["quality/mode_imbalance"] = metrics.mode_imbalance(frac)
+        return {k: float(v) for k, v in values.items()}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        for k, v in self.compute(pl_module, trainer.datamodule).items():
+            pl_module.log(k, v)
+
+
+class SampleFigure(pl.Callback):
+    """A scatter of validation data against clean-model samples, logged to TensorBoard.
+
+    Args:
+        every_n_epochs: draw after every n-th validation epoch (and after the last one).
+        n_points: points drawn of each.
+        seed: seed of the sampling generator.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, n_points: int = 1000, seed: int = 0) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs, self.n_points, self.seed = every_n_epochs, n_points, seed
+
+    @torch.no_grad()
+    def figure(self, pl_module, datamodule):
+        """The matplotlib figure (first two axes of the data)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        data = datamodule.val_x[: self.n_points]
+        x = pl_module.sample(self.n_points, generator=torch.Generator().manual_seed(self.seed)).cpu()
+        finite = x.isfinite().all(dim=1)
+        n_bad = int((~finite).sum())
+        x = x[finite]
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        j = 1 if data.shape[1] > 1 else 0
+        ax.scatter(data[:, 0], data[:, j], s=4, alpha=0.5, label="held-out data")
+        ax.scatter(x[:, 0], x[:, j], s=4, alpha=0.5, label="clean-model samples")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y" if j else "x")
+        note = f" ({n_bad} non-finite samples not shown)" if n_bad else ""
+        ax.set_title(f"step {pl_module.global_step}{note}", fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def _draw(self, trainer, pl_module) -> None:
+        writer = _tb(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        writer.add_figure("samples/scatter", self.figure(pl_module, trainer.datamodule),
+                          trainer.global_step, close=True)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
+            self._draw(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._draw(trainer, pl_module)
+
+
+class DivergenceGuard(pl.Callback):
+    """Ends a diverging run cleanly instead of crashing or training on NaNs.
+
+    Before each optimizer step the gradient norm is checked (and logged as
+    ``train/grad_norm``); if it or the loss is not finite the step is skipped (the
+    gradients are dropped, so the weights stay finite), a checkpoint of those finite
+    weights is written as ``last-finite.ckpt``, a one-paragraph diagnosis goes to stderr,
+    and training stops. The process then exits normally.
+    """
+
+    def __init__(self) -> None:
+        self.diverged: dict | None = None
+        self._grad_norm: Tensor | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if not torch.isfinite(self._grad_norm):
+            for p in pl_module.parameters():
+                p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        grad_norm = self._grad_norm
+        if trainer.global_step % trainer.log_every_n_steps == 0 and grad_norm is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"train/grad_norm": float(grad_norm)}, step=trainer.global_step)
+        finite = loss is None or bool(torch.isfinite(loss))
+        finite = finite and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+        if finite or self.diverged is not None:
+            return
+        self._stop(trainer, pl_module, loss, grad_norm)
+
+    def _stop(self, trainer, pl_module, loss, grad_norm) -> None:
+        # global_step has already advanced past the skipped step.
+        step = trainer.global_step - 1
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        ckpt = None
+        if weights_finite and trainer.log_dir is not None:
+            ckpt = Path(trainer.log_dir) / "checkpoints" / "last-finite.ckpt"
+            trainer.save_checkpoint(ckpt)
+        trainer.should_stop = True
+        self.diverged = {"step": step, "loss": float(loss) if loss is not None else math.nan,
+                         "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                         "checkpoint": str(ckpt) if ckpt else None}
+        _warn(self.diagnosis(trainer, pl_module))
+
+    @torch.no_grad()
+    def diagnosis(self, trainer, pl_module) -> str:
+        """One paragraph: what diverged, when, the decoder stds per axis, and why."""
+        d = self.diverged
+        dm = trainer.datamodule
+        _, scale = pl_module.decoder_params()  # (K, D) at the last finite weights
+        dim = scale.shape[1]
+        axis_std = dm.axis_std
+        stds = "; ".join(f"{axis_name(i, dim)} " + ", ".join(f"{float(v):.3g}" for v in scale[:, i])
+                         for i in range(dim))
+        data = ", ".join(f"{axis_name(i, dim)} {float(axis_std[i]):.3g}" for i in range(dim))
+        monitor = next((c for c in trainer.callbacks if isinstance(c, DecoderVarianceMonitor)), None)
+        crossed = ""
+        if monitor is not None and monitor.collapse is not None:
+            c = monitor.collapse
+            crossed = (f" The likelihood std on axis {c['axis']} had fallen below "
+                       f"{monitor.collapse_ratio:g} x the data scale at step {c['step']}.")
+        flat = [axis_name(i, dim) for i in range(dim) if float(axis_std[i]) == 0]
+        if flat:
+            why = (f"The training data have zero variance on axis {', '.join(flat)}, so the "
+                   f"Gaussian likelihood is unbounded there: -log(std) grows without limit as "
+                   f"the decoder std shrinks, and the mean's gradient (~1/std^2) becomes so "
+                   f"stiff that the updates overflow. A spread objective (SpreadELBO) bounds "
+                   f"the loss.")
+        else:
+            why = "No axis of the training data has zero variance; try a smaller learning rate."
+        kept = (f"the last finite weights are saved in {d['checkpoint']}" if d["checkpoint"]
+                else "no finite checkpoint could be written")
+        return (f"Training diverged at step {d['step']}: the loss was {d['loss']:.4g} and its "
+                f"gradient norm {d['grad_norm']:.4g}. Decoder std per axis and latent state at "
+                f"the last finite weights: {stds} (training-data std per axis: {data}).{crossed} "
+                f"{why} The step was skipped and training stopped cleanly; {kept}; TensorBoard "
+                f"logs are in {trainer.log_dir}.")
+
+
+class HParamsSummary(pl.Callback):
+    """Writes the run's hyperparameters with its final metrics to TensorBoard's HPARAMS tab.
+
+    Use with ``TensorBoardLogger(default_hp_metric=False)``. The metrics are logged as
+    ``hp/<name>`` at the last step; ``hp/collapse_step`` is -1 when the decoder variance
+    never collapsed, and ``hp/diverged`` is 1 when the run stopped on a non-finite loss.
+    """
+
+    KEYS = ("val/loss", "val/log_px", "quality/mmd", "quality/dist_mean", "quality/mode_imbalance",
+            "decoder/min_std_ratio_val")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer, pl_module) -> None:
+        writer = _tb(trainer)
+        if writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        cm = trainer.callback_metrics
+        values = {f"hp/{k.replace('/', '_')}": float(cm[k]) for k in self.KEYS if k in cm}
+        monitor = next((c for c in trainer.callbacks if isinstance(c, DecoderVarianceMonitor)), None)
+        guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
+        collapse = monitor.collapse if monitor is not None else None
+        values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
+        values["hp/diverged"] = float(guard is not None and guard.diverged is not None)
+        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                  for k, v in _flatten(dict(pl_module.hparams)).items()}
+        exp, ssi, sei = hparams(params, values)
+        fw = writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+        for k, v in values.items():
+            writer.add_scalar(k, v, trainer.global_step)
+        writer.flush()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}/"))
+        else:
+            out[key] = v if v is not None else "None"
+    return out
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    log.warning(message)

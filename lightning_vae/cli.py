@@ -1,0 +1,87 @@
+"""The Lightning CLI: ``python -m lightning_vae {fit,validate,test,predict} --config ...``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+
+from lightning_vae.callbacks import (
+    DecoderVarianceMonitor,
+    DivergenceGuard,
+    HParamsSummary,
+    SampleFigure,
+    SampleQuality,
+)
+from lightning_vae.data import ManifoldDataModule
+from lightning_vae.model import VAE
+
+LOG_ROOT = "logs"
+TRACEBACK_ENV = "LVAE_TRACEBACK"  # set to 1 to see the full traceback of an error
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 60,
+    "log_every_n_steps": 10,
+    "default_root_dir": LOG_ROOT,
+    # The datamodule's sampler shards batches across ranks itself (and resumes exactly).
+    "use_distributed_sampler": False,
+}
+
+
+class VAECLI(LightningCLI):
+    """LightningCLI over ``VAE`` and ``ManifoldDataModule`` with the monitoring callbacks.
+
+    Each callback is its own config group (``decoder_monitor``, ``sample_quality``,
+    ``sample_figure``, ``divergence_guard``, ``hparams_summary``, ``checkpoint``), always
+    present and configurable. The data's dimension reaches the model by a link.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.add_lightning_class_args(DecoderVarianceMonitor, "decoder_monitor")
+        parser.add_lightning_class_args(SampleQuality, "sample_quality")
+        parser.add_lightning_class_args(SampleFigure, "sample_figure")
+        parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
+        parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "trainer.logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": LOG_ROOT, "name": "default", "default_hp_metric": False},
+            },
+        })
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("lightning_vae")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("lightning_vae: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def main(args: list[str] | None = None) -> VAECLI | None:
+    """Run the CLI. Errors end with a one-line message (exit 2) unless LVAE_TRACEBACK=1."""
+    _setup_logging()
+    try:
+        return VAECLI(
+            VAE,
+            ManifoldDataModule,
+            args=args,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            auto_configure_optimizers=False,
+        )
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"lightning_vae: error: {type(err).__name__}: {err} "
+              f"(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)

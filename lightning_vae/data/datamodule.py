@@ -1,0 +1,150 @@
+"""LightningDataModule over a manifold's samples: fixed-seed splits, whole-batch indexing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_vae.data.manifolds import Manifold, TwoClusters
+
+
+class _Rows(Dataset):
+    """A tensor indexed by a whole batch of row indices at once (no per-sample collate)."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        return self.x[index]
+
+
+class _Batches(Sampler):
+    """Yields index tensors of whole batches; reshuffled per epoch from ``(seed, epoch)``.
+
+    The order depends only on the seed and the epoch number (Lightning calls
+    ``set_epoch``), so a resumed run sees the same batches as an uninterrupted one. Under
+    DDP each rank takes every ``world_size``-th batch of the same permutation.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last = drop_last
+        self.epoch, self.rank, self.world_size = 0, 0, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _n_batches(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full if (self.drop_last or rest == 0) else full + 1
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self._n_batches(), self.world_size))
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        for b in range(self.rank, self._n_batches(), self.world_size):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class ManifoldDataModule(pl.LightningDataModule):
+    """Train/val/test points drawn once from a manifold with a fixed data seed.
+
+    The data seed is independent of the model seed (``seed_everything``): every model
+    seed sees the same data set, so runs differ only in initialisation and noise.
+
+    Args:
+        manifold: the data distribution (default: the seed's two clusters on a line in R^2).
+        n_train: number of training points.
+        n_val: number of validation points (held out; used for log-likelihood and quality).
+        n_test: number of test points.
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation, test and predict.
+        data_seed: seed of the ``torch.Generator`` that draws all three splits.
+        shuffle_seed: seed of the per-epoch shuffling; ``None`` takes ``torch.initial_seed()``
+            at construction, i.e. the run's ``seed_everything`` value.
+    """
+
+    def __init__(
+        self,
+        manifold: Manifold | None = None,
+        n_train: int = 10_000,
+        n_val: int = 2_000,
+        n_test: int = 2_000,
+        batch_size: int = 256,
+        eval_batch_size: int = 4_096,
+        data_seed: int = 1234,
+        shuffle_seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value in [("n_train", n_train), ("n_val", n_val), ("n_test", n_test)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if batch_size > n_train:
+            raise ValueError(f"batch_size must be <= n_train ({n_train}), got {batch_size}")
+        self.manifold = manifold if manifold is not None else TwoClusters()
+        self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.data_seed = data_seed
+        self.shuffle_seed = torch.initial_seed() % 2**31 if shuffle_seed is None else shuffle_seed
+        self.train_x: Tensor | None = None
+        self.val_x: Tensor | None = None
+        self.test_x: Tensor | None = None
+
+    @property
+    def data_dim(self) -> int:
+        """Ambient dimension D of the data (linked to the model by the CLI)."""
+        return self.manifold.dim
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_x is not None:
+            return
+        g = torch.Generator().manual_seed(self.data_seed)
+        x = self.manifold.sample(self.n_train + self.n_val + self.n_test, generator=g)  # (N, D)
+        self.train_x, self.val_x, self.test_x = x.split([self.n_train, self.n_val, self.n_test])
+
+    @property
+    def axis_std(self) -> Tensor:
+        """Per-axis standard deviation of the training data, ``(D,)``."""
+        self.setup()
+        return self.train_x.std(dim=0)
+
+    @property
+    def data_scale(self) -> float:
+        """The largest per-axis std of the training data: the scale thresholds are relative to."""
+        return float(self.axis_std.max())
+
+    def _loader(self, x: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
+        sampler = _Batches(len(x), batch_size, shuffle, seed=self.shuffle_seed, drop_last=shuffle)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
+        # batch_size=None: the sampler yields whole index batches, the dataset slices them.
+        return DataLoader(_Rows(x), sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_x, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_x, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_x, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_x, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,121 @@
+"""The LightningModule: wiring of data, VAE core and objective; no maths of its own."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import OptimizerCallable
+from torch import Tensor
+
+from lightning_vae.latents import BernoulliLatent
+from lightning_vae.nets import DiscreteVAE
+from lightning_vae.objectives import ELBO, Objective
+
+EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
+
+
+class VAE(pl.LightningModule):
+    """A VAE with a Bernoulli latent, trained with the objective given in config.
+
+    Args:
+        data_dim: ambient dimension D of the data (linked from the datamodule by the CLI).
+        objective: what to minimise, e.g. ``ELBO()`` or ``SpreadELBO(noise_std=0.3)``;
+            default ``ELBO()``.
+        latent: the latent family; default ``BernoulliLatent(prior_prob=0.5)``.
+        hidden: width of the hidden layers of encoder and decoder MLPs.
+        depth: number of hidden layers of encoder and decoder MLPs.
+        optimizer: optimizer factory (``class_path`` in YAML); default Adam with its
+            default learning rate, 1e-3.
+        lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
+            step); "constant" keeps it.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 2,
+        objective: Objective | None = None,
+        latent: BernoulliLatent | None = None,
+        hidden: int = 64,
+        depth: int = 2,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["constant", "cosine"] = "cosine",
+    ) -> None:
+        super().__init__()
+        if data_dim < 1:
+            raise ValueError(f"data_dim must be >= 1, got {data_dim}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.objective = objective if objective is not None else ELBO()
+        self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth)
+        self._optimizer, self.lr_schedule = optimizer, lr_schedule
+
+    # --- public API -------------------------------------------------------------------
+
+    def encode(self, x: Tensor):
+        """q(z | x) as a ``torch.distributions`` object."""
+        return self.net.encode(x)
+
+    def decode(self, z: Tensor):
+        """p(x | z) as a ``torch.distributions`` object."""
+        return self.net.decode(z)
+
+    def log_px(self, x: Tensor) -> Tensor:
+        """Exact log-likelihood of the clean model per point, ``(B,)``."""
+        return self.net.log_px(x)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples of the clean model (no spread noise), ``(n, D)``."""
+        return self.net.sample(n, generator=generator)
+
+    def decoder_params(self) -> tuple[Tensor, Tensor]:
+        """Decoder mean and std per latent state, ``(K, D)`` each."""
+        return self.net.decoder_params()
+
+    def likelihood_scale(self, scale: Tensor) -> Tensor:
+        """The std of the likelihood the objective trains, given the decoder std."""
+        return self.objective.likelihood_scale(scale)
+
+    # --- Lightning hooks --------------------------------------------------------------
+
+    def _common_step(self, x: Tensor, stage: str) -> Tensor:
+        generator, step = None, self.global_step
+        if stage != "train":
+            generator, step = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED), None
+        terms = self.objective(x, self.net, generator=generator, step=step)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", terms.loss, prog_bar=on_step, on_step=on_step, on_epoch=not on_step)
+        logged = {f"{stage}/{k}": v for k, v in terms.values.items()}
+        if stage != "train" and f"{stage}/log_px" not in logged:
+            logged[f"{stage}/log_px"] = self.net.log_px(x).mean()  # exact, clean model
+        self.log_dict(logged, on_step=on_step, on_epoch=not on_step)
+        return terms.loss
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        return self._common_step(x, "train")
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self._common_step(x, "val")
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        self._common_step(x, "test")
+
+    def predict_step(self, x: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        """Per point: the input, q(z=1|x) and the exact log p(x)."""
+        return {"x": x, "q_z": self.net.log_q(x).exp(), "log_px": self.net.log_px(x)}
+
+    def configure_optimizers(self):
+        params = self.parameters()
+        optimizer = self._optimizer(params) if self._optimizer else torch.optim.Adam(params, lr=1e-3)
+        if self.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # Cosine to 0 over the run: late steps are small, so the clean model settles
+        # (the spread objective's fresh noise otherwise keeps the x-std jittering).
+        cosine = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
