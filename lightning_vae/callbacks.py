@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
@@ -310,6 +311,30 @@ class DivergenceGuard(pl.Callback):
                 f"the last finite weights: {stds} (training-data std per axis: {data}).{crossed} "
                 f"{why} The step was skipped and training stopped cleanly; {kept}; TensorBoard "
                 f"logs are in {trainer.log_dir}.")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Saves ``predict``'s outputs (x, q(z|x), log p(x) per point) to ``predictions.pt``
+    in the run directory, as one dict of concatenated tensors.
+
+    Args:
+        filename: file name inside the run directory.
+    """
+
+    def __init__(self, filename: str = "predictions.pt") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not predictions or trainer.log_dir is None:
+            return
+        batches = predictions[0] if isinstance(predictions[0], list) else predictions
+        merged = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        path = Path(trainer.log_dir) / f"{self.filename}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(merged, path)
+        _warn(f"predictions of {len(merged['x'])} points written to {path}")
 
 
 class HParamsSummary(pl.Callback):

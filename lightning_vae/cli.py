@@ -7,12 +7,13 @@ import os
 import sys
 
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_vae.callbacks import (
     DecoderVarianceMonitor,
     DivergenceGuard,
     HParamsSummary,
+    PredictionWriter,
     SampleFigure,
     SampleQuality,
 )
@@ -31,11 +32,36 @@ TRAINER_DEFAULTS = {
 }
 
 
+def one_line(message: str) -> str:
+    """The useful line of a parser error.
+
+    jsonargparse reports a bad value inside a ``class_path`` group as a multi-line Union
+    report; the cause (e.g. ``noise_std must be >= 0, got -1.0``) is one of its bullets.
+    """
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    causes = [ln[2:] for ln in lines if ln.startswith("- ") and "NoneType" not in ln]
+    key = lines[0].split(":")[0] if lines and lines[0].startswith("Parser key") else ""
+    if causes:
+        return f"{key}: {causes[0]}" if key else causes[0]
+    return " ".join(lines)
+
+
+class _Parser(LightningArgumentParser):
+    """Parse errors are one line (plus jsonargparse's ``--help`` tip), not the full usage."""
+
+    def print_usage(self, file=None) -> None:
+        pass
+
+    def error(self, message: str, ex: Exception | None = None):
+        super().error(one_line(message), ex)
+
+
 class VAECLI(LightningCLI):
     """LightningCLI over ``VAE`` and ``ManifoldDataModule`` with the monitoring callbacks.
 
     Each callback is its own config group (``decoder_monitor``, ``sample_quality``,
-    ``sample_figure``, ``divergence_guard``, ``hparams_summary``, ``checkpoint``), always
+    ``sample_figure``, ``divergence_guard``, ``hparams_summary``, ``prediction_writer``,
+    ``checkpoint``), always
     present and configurable. The data's dimension reaches the model by a link.
     """
 
@@ -46,6 +72,7 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(SampleFigure, "sample_figure")
         parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
         parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
@@ -66,22 +93,29 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> VAECLI:
+    """The CLI object; with ``run=False`` it only parses and instantiates (no subcommand)."""
+    return VAECLI(
+        VAE,
+        ManifoldDataModule,
+        args=args,
+        run=run,
+        parser_class=_Parser,
+        seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        auto_configure_optimizers=False,
+    )
+
+
 def main(args: list[str] | None = None) -> VAECLI | None:
     """Run the CLI. Errors end with a one-line message (exit 2) unless LVAE_TRACEBACK=1."""
     _setup_logging()
     try:
-        return VAECLI(
-            VAE,
-            ManifoldDataModule,
-            args=args,
-            seed_everything_default=0,
-            trainer_defaults=TRAINER_DEFAULTS,
-            parser_kwargs={"parser_mode": "omegaconf"},
-            auto_configure_optimizers=False,
-        )
+        return build_cli(args)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
-        print(f"lightning_vae: error: {type(err).__name__}: {err} "
+        print(f"lightning_vae: error: {type(err).__name__}: {one_line(str(err))} "
               f"(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_seed(config: str, seed: int, name: str, extra: list[str], root: str) -> tuple[int, Path, float, int]:
+def run_seed(config: str, seed: int, name: str, extra: list[str], root: str,
+             threads: int) -> tuple[int, Path, float, int]:
     cmd = [sys.executable, "-m", "lightning_vae", "fit", "--config", config,
            f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
            "--trainer.enable_model_summary=false",
@@ -40,7 +42,10 @@ def run_seed(config: str, seed: int, name: str, extra: list[str], root: str) -> 
            f"--trainer.logger.init_args.name={name}", f"--trainer.logger.init_args.version=seed_{seed}",
            *extra]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # One intra-op thread per job when jobs run side by side: oversubscribed cores
+    # make every run several times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     run_dir = Path(root) / name / f"seed_{seed}"
     if proc.returncode != 0:
@@ -66,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     centres = TwoClusters().centres
     rows = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_seed, args.config, s, name, args.extra, args.root) for s in seeds]
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        futures = [pool.submit(run_seed, args.config, s, name, args.extra, args.root, threads)
+                   for s in seeds]
         for f in futures:
             seed, run_dir, wall, rc = f.result()
             if rc != 0:

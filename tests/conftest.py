@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny runs of the real CLI, written under pytest's tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# A few hundred steps: enough for the ELBO's y-std to collapse (it crosses the threshold
+# within ~100 steps) and for the spread run to show its bounded loss.
+TINY = [
+    "--trainer.max_epochs=8",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.n_train=2560",
+    "--data.n_val=500",
+    "--data.n_test=500",
+    "--data.batch_size=128",
+    "--sample_quality.n_samples=500",
+    "--sample_figure.every_n_epochs=4",
+    "--sample_figure.n_points=300",
+]
+
+
+def run_dirs(root: Path, name: str) -> list[Path]:
+    return sorted((root / name).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def fit(config: str, root: Path, *extra: str) -> Path:
+    """Run ``fit`` through the real CLI in-process; return the new run directory."""
+    from lightning_vae.cli import main
+
+    name = Path(config).stem
+    before = set(run_dirs(root, name))
+    main(["fit", "--config", str(CONFIGS / config), *TINY,
+          f"--trainer.logger.init_args.save_dir={root}", f"--trainer.default_root_dir={root}",
+          *extra])
+    new = [p for p in run_dirs(root, name) if p not in before]
+    assert len(new) == 1, f"expected one new run dir, got {new}"
+    return new[0]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny ELBO run and one tiny spread run, shared by the end-to-end tests."""
+    root = tmp_path_factory.mktemp("logs")
+    return {"root": root, "elbo": fit("seed_elbo.yaml", root), "spread": fit("seed_spread.yaml", root)}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    monkeypatch.setenv("PYTHONWARNINGS", os.environ.get("PYTHONWARNINGS", "ignore"))

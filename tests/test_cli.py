@@ -1,0 +1,155 @@
+"""End to end through the real CLI: configs, the failure, the fix, the clean divergence."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import CONFIGS, ROOT, TINY, fit, run_dirs
+from lightning_vae.cli import build_cli
+from lightning_vae.data import ManifoldDataModule
+from lightning_vae.data.manifolds import TwoClusters
+from lightning_vae.model import VAE
+from lightning_vae.report import read_scalars
+
+
+def _events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_config_instantiates(config, tmp_path):
+    cli = build_cli(["--config", str(CONFIGS / config), f"--trainer.default_root_dir={tmp_path}"],
+                    run=False)
+    assert isinstance(cli.model, VAE)
+    assert isinstance(cli.datamodule, ManifoldDataModule)
+    assert cli.model.hparams.data_dim == cli.datamodule.data_dim  # linked, not typed twice
+
+
+def test_elbo_collapses_and_loss_is_unbounded(runs):
+    s = read_scalars(runs["elbo"])
+    assert "decoder/collapse_step" in s
+    collapse_step = s["decoder/collapse_step"][-1][1]
+    assert 0 <= collapse_step < 300
+    # y-std orders of magnitude below the data scale (1.0) and the cluster std (0.1)
+    final_y = min(s["decoder/std_y_z0"][-1][1], s["decoder/std_y_z1"][-1][1])
+    assert final_y < 1e-2
+    # The loss goes below anything a model of the x-coordinate alone could reach.
+    assert min(v for _, v in s["train/loss"]) < TwoClusters().line_entropy() - 1.0
+
+
+def test_spread_does_not_collapse_and_loss_is_bounded(runs):
+    s = read_scalars(runs["spread"])
+    assert "decoder/collapse_step" not in s
+    noise_std, dim = 0.3, 2
+    # loss = -(rec - beta kl) >= -rec >= -D * max_y log N(y; y, noise_std^2)
+    bound = -dim * (-0.5 * math.log(2 * math.pi * noise_std**2))
+    losses = [v for _, v in s["train/loss"]]
+    assert all(math.isfinite(v) for v in losses)
+    assert min(losses) >= bound
+    assert min(v for _, v in s["decoder/min_likelihood_std_ratio"]) >= noise_std
+    assert "val/spread_log_px" in s and "val/log_px" in s
+
+
+def test_run_directory_contents_and_tensorboard(runs):
+    for kind in ("elbo", "spread"):
+        run = runs[kind]
+        for name in ("config.yaml", "hparams.yaml", "checkpoints/last.ckpt"):
+            assert (run / name).exists(), f"{kind}: {name} missing"
+        acc = _events(run)
+        tags = acc.Tags()
+        for tag in ("train/loss", "train/kl", "train/rec", "train/grad_norm", "val/log_px",
+                    "decoder/std_x_z0", "decoder/std_y_z1", "decoder/loc_x_z0",
+                    "quality/mmd", "quality/dist_mean", "quality/mode_imbalance",
+                    "hp/val_log_px", "hp/collapse_step"):
+            assert tag in tags["scalars"], f"{kind}: scalar {tag} missing"
+        assert "decoder/log10_std_y" in tags["histograms"]
+        assert "encoder/q_z1" in tags["histograms"]
+        assert "samples/scatter" in tags["images"]
+        assert "_hparams_/session_start_info" in acc.summary_metadata
+    hp = read_scalars(runs["elbo"])["hp/collapse_step"][-1][1]
+    assert hp >= 0
+    assert read_scalars(runs["spread"])["hp/collapse_step"][-1][1] == -1
+
+
+def test_checkpoint_round_trip_and_public_api(runs):
+    model = VAE.load_from_checkpoint(runs["spread"] / "checkpoints" / "last.ckpt", map_location="cpu")
+    x = model.sample(100, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (100, 2) and torch.isfinite(x).all()
+    assert model.log_px(x).shape == (100,)
+    assert isinstance(model.encode(x), torch.distributions.Bernoulli)
+    assert isinstance(model.decode(torch.tensor([[0.0], [1.0]])), torch.distributions.Independent)
+    assert "SpreadELBO" in repr(model.objective)
+
+
+def test_validate_test_predict(runs, tmp_path):
+    from lightning_vae.cli import main
+
+    ckpt = runs["spread"] / "checkpoints" / "last.ckpt"
+    common = ["--config", str(CONFIGS / "seed_spread.yaml"), *TINY[1:],
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--ckpt_path={ckpt}"]
+    for sub in ("validate", "test", "predict"):
+        main([sub, *common])
+    dirs = run_dirs(tmp_path, "seed_spread")
+    assert len(dirs) == 3  # one directory per run, none overwritten
+    assert all((d / "config.yaml").exists() for d in dirs)
+    assert "test/log_px" in read_scalars(dirs[1])
+    pred = torch.load(dirs[2] / "predictions.pt")
+    assert pred["x"].shape == (500, 2) and pred["q_z"].shape == (500, 2)
+    assert torch.allclose(pred["q_z"].sum(1), torch.ones(500))
+
+
+def test_runs_never_overwrite(tmp_path):
+    a = fit("seed_spread.yaml", tmp_path, "--trainer.max_epochs=1")
+    b = fit("seed_spread.yaml", tmp_path, "--trainer.max_epochs=1")
+    assert a != b and a.exists() and b.exists()
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = fit("seed_spread.yaml", tmp_path, "--trainer.max_epochs=2")
+    b = fit("seed_spread.yaml", tmp_path, "--trainer.max_epochs=2")
+    c = fit("seed_spread.yaml", tmp_path, "--trainer.max_epochs=2", "--seed_everything=1")
+    la, lb, lc = (read_scalars(r)["train/loss"] for r in (a, b, c))
+    assert la == lb
+    assert la != lc
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lightning_vae", *args], capture_output=True,
+                          text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+
+def test_divergence_ends_cleanly(tmp_path):
+    proc = _cli("fit", "--config", str(CONFIGS / "seed_elbo_diverge.yaml"), *TINY,
+                f"--trainer.logger.init_args.save_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    diagnosis = [ln for ln in proc.stderr.splitlines() if "Training diverged at step" in ln]
+    assert len(diagnosis) == 1
+    assert "zero variance on axis y" in diagnosis[0]
+    run = run_dirs(tmp_path, "seed_elbo_diverge")[-1]
+    ckpt = run / "checkpoints" / "last-finite.ckpt"
+    assert ckpt.exists()
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    s = read_scalars(run)
+    assert s["hp/diverged"][-1][1] == 1.0
+    assert len(s["train/loss"]) >= 1  # TensorBoard logs intact
+
+
+def test_bad_input_is_one_line(tmp_path):
+    proc = _cli("fit", "--config", str(CONFIGS / "seed_spread.yaml"),
+                "--model.objective.init_args.noise_std=-1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "noise_std must be >= 0, got -1.0" in errors[0]
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.ckpt"))
