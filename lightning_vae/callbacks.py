@@ -202,10 +202,12 @@ class SampleFigure(pl.Callback):
         finite = x.isfinite().all(dim=1)
         n_bad = int((~finite).sum())
         x = x[finite]
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         j = 1 if data.shape[1] > 1 else 0
-        ax.scatter(data[:, 0], data[:, j], s=4, alpha=0.5, label="held-out data")
-        ax.scatter(x[:, 0], x[:, j], s=4, alpha=0.5, label="clean-model samples")
+        ax.scatter(x[:, 0], x[:, j], s=4, alpha=0.5, color="tab:orange", label="clean-model samples")
+        ax.scatter(data[:, 0], data[:, j], s=2, alpha=0.6, color="tab:blue", label="held-out data")
+        # Equal scales on both axes: off-manifold spread is shown at its true size.
+        ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("x")
         ax.set_ylabel("y" if j else "x")
         note = f" ({n_bad} non-finite samples not shown)" if n_bad else ""

@@ -8,9 +8,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# When every pooled point is identical the median distance is 0; any bandwidth then gives
+# MMD^2 = 0, so a positive floor avoids 0 * inf = NaN without changing the answer.
+MIN_BANDWIDTH = 1e-12
+
 
 def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
-    """Median heuristic: the median pairwise distance in the pooled sample (a 0-d tensor)."""
+    """Median heuristic: the median pairwise distance in the pooled sample (a 0-d tensor).
+
+    torch's median: the lower of the two middle values when their count is even.
+    """
     pooled = torch.cat([x, y])
     d = torch.cdist(pooled, pooled)
     off_diag = d[~torch.eye(len(pooled), dtype=torch.bool, device=d.device)]
@@ -29,7 +36,9 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None) -> Te
     """
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd_rbf needs >= 2 points per sample, got {len(x)} and {len(y)}")
-    h = median_bandwidth(x, y) if bandwidth is None else torch.as_tensor(bandwidth)
+    h = median_bandwidth(x, y) if bandwidth is None else torch.as_tensor(bandwidth, dtype=x.dtype,
+                                                                         device=x.device)
+    h = h.clamp_min(MIN_BANDWIDTH)
     gamma = 1.0 / (2 * h**2)
     n, m = len(x), len(y)
     kxx = torch.exp(-gamma * torch.cdist(x, x).square())

@@ -1,6 +1,6 @@
 """Run one config over many seeds through the real CLI and tabulate the outcome.
 
-    python -m lightning_vae.seeds configs/seed_spread.yaml --seeds 0-9 [--jobs 2] [-- CLI args]
+    python -m lightning_vae.seeds configs/seed_spread.yaml --seeds 0-9 [--jobs 2] [CLI args]
 
 Each seed is a separate ``python -m lightning_vae fit`` process writing to
 ``logs/<config>-seeds/<timestamp>/seed_<s>``. The table gives, per seed, the decoder
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0-9")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (default 2)")
     ap.add_argument("--root", default="logs")
-    ap.add_argument("extra", nargs="*", help="further CLI arguments, after --")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    args.extra = [a for a in extra if a != "--"]  # further CLI arguments, e.g. --model.hidden=32
     if not Path(args.config).is_file():
         raise SystemExit(f"config must be an existing YAML file, got {args.config!r}")
     seeds = parse_seeds(args.seeds)

@@ -30,7 +30,10 @@ class _Batches(Sampler):
 
     The order depends only on the seed and the epoch number (Lightning calls
     ``set_epoch``), so a resumed run sees the same batches as an uninterrupted one. Under
-    DDP each rank takes every ``world_size``-th batch of the same permutation.
+    DDP each rank takes every ``world_size``-th batch of the same permutation, and every
+    rank gets the same number of batches (unequal counts would hang the gradient
+    all-reduce): training drops the batches left over, evaluation wraps around to the
+    first batches (as ``DistributedSampler`` pads).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
@@ -46,7 +49,8 @@ class _Batches(Sampler):
         return full if (self.drop_last or rest == 0) else full + 1
 
     def __len__(self) -> int:
-        return len(range(self.rank, self._n_batches(), self.world_size))
+        n, ws = self._n_batches(), self.world_size
+        return n // ws if self.drop_last else -(-n // ws)
 
     def __iter__(self) -> Iterator[Tensor]:
         if self.shuffle:
@@ -54,7 +58,9 @@ class _Batches(Sampler):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        for b in range(self.rank, self._n_batches(), self.world_size):
+        n = self._n_batches()
+        for i in range(len(self)):
+            b = (self.rank + i * self.world_size) % n
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
