@@ -153,3 +153,14 @@ def test_bad_input_is_one_line(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
     assert len(errors) == 1 and "noise_std must be >= 0, got -1.0" in errors[0]
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_print_config_shows_resolved_config(capsys):
+    from lightning_vae.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "class_path: lightning_vae.objectives.SpreadELBO" in out
+    assert "noise_std: 0.3" in out and "kl_warmup_steps: 500" in out
