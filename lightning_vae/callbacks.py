@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -365,7 +366,14 @@ class HParamsSummary(pl.Callback):
         values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
         values["hp/diverged"] = float(guard is not None and guard.diverged is not None)
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                  for k, v in _flatten(dict(pl_module.hparams)).items()}
+                  for k, v in _flatten(dict(pl_module.hparams)).items() if not k.startswith("_")}
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None:
+            params.update({f"data/{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
+                           for k, v in _flatten(dict(datamodule.hparams)).items()
+                           if not k.startswith("_")})
+        # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
+        params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
         exp, ssi, sei = hparams(params, values)
         fw = writer._get_file_writer()
         for summary in (exp, ssi, sei):
