@@ -58,6 +58,7 @@ def summarize(run_dir: str | Path) -> dict:
         "steps": max((s for series in scalars.values() for s, _ in series), default=0),
         "final_train_loss": scalars.get("train/loss", [(0, math.nan)])[-1][1],
         "min_train_loss": min((v for _, v in scalars.get("train/loss", [])), default=math.nan),
+        "max_grad_norm": max((v for _, v in scalars.get("train/grad_norm", [])), default=math.nan),
         "val_log_px": log_px,
         "collapse_step": int(scalars["decoder/collapse_step"][-1][1])
         if "decoder/collapse_step" in scalars else None,

@@ -46,6 +46,7 @@ def format_summary(title: str, config: str, s: dict, wall: float, line_entropy: 
     if s["objective"].startswith("ELBO"):
         floor = f"; no model of the x-coordinate alone can go below {line_entropy:.3f}"
     lines.append(f"   final train loss   {s['final_train_loss']:.3f}   (lowest {s['min_train_loss']:.3f}{floor})")
+    lines.append(f"   gradient norm      max {s['max_grad_norm']:.3g} over the run")
     for k, loc in s["loc"].items():
         std = s["std"][k]
         stds = "  ".join(f"std_{a} {v:.3g}" for a, v in std.items())

@@ -164,3 +164,30 @@ def test_print_config_shows_resolved_config(capsys):
     out = capsys.readouterr().out
     assert "class_path: lightning_vae.objectives.SpreadELBO" in out
     assert "noise_std: 0.3" in out and "kl_warmup_steps: 500" in out
+
+
+def test_report_summaries_tell_the_story(runs):
+    from lightning_vae.reproduce import format_summary
+    from lightning_vae.report import recovered_both_modes, summarize
+
+    elbo, spread = summarize(runs["elbo"]), summarize(runs["spread"])
+    assert elbo["collapse_step"] is not None and spread["collapse_step"] is None
+    assert elbo["max_grad_norm"] > spread["max_grad_norm"]
+    assert set(spread["std"]["z0"]) == {"x", "y"}
+    text = format_summary("FAILURE", "seed_elbo.yaml", elbo, 1.0, TwoClusters().line_entropy())
+    assert f"yes, at step {elbo['collapse_step']}" in text
+    assert "variance collapse  no" in format_summary("FIX", "s", spread, 1.0, -0.19)
+    centres = TwoClusters().centres
+    assert recovered_both_modes({**spread, "loc": {"z0": [-1.0, 0.0], "z1": [1.02, 0.0]},
+                                 "quality/mode_imbalance": 0.0}, centres)
+    assert not recovered_both_modes({**spread, "loc": {"z0": [0.0, 0.0], "z1": [0.05, 0.0]},
+                                     "quality/mode_imbalance": 0.0}, centres)
+
+
+def test_seed_ranges():
+    from lightning_vae.seeds import parse_seeds
+
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("1,3,5-6") == [1, 3, 5, 6]
+    with pytest.raises(SystemExit, match="--seeds must look like"):
+        parse_seeds("a-b")
