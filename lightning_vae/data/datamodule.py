@@ -123,12 +123,13 @@ class ManifoldDataModule(pl.LightningDataModule):
         g = torch.Generator().manual_seed(self.data_seed)
         x = self.manifold.sample(self.n_train + self.n_val + self.n_test, generator=g)  # (N, D)
         self.train_x, self.val_x, self.test_x = x.split([self.n_train, self.n_val, self.n_test])
+        self._axis_std = self.train_x.std(dim=0)
 
     @property
     def axis_std(self) -> Tensor:
-        """Per-axis standard deviation of the training data, ``(D,)``."""
+        """Per-axis standard deviation of the training data, ``(D,)`` (computed once)."""
         self.setup()
-        return self.train_x.std(dim=0)
+        return self._axis_std
 
     @property
     def data_scale(self) -> float:

@@ -1,0 +1,145 @@
+"""Framework vs a hand-written PyTorch loop, measured side by side in one run.
+
+    python benchmarks/bench_steps.py [--steps 1500] [--batch_sizes 256 4096]
+
+For each objective (ELBO, SpreadELBO) and batch size it times:
+  - hand: the best plain loop we can write for the same work: the same DiscreteVAE and
+    objective object, Adam(lr=1e-3) with the same cosine schedule, data pre-materialised
+    as one tensor and sliced by a per-epoch permutation (no DataLoader);
+  - fit:  ``python -m lightning_vae fit`` on the seed config (built by the real CLI
+    in-process), validation off, everything else (callbacks, logging, checkpoints) default;
+  - fit+val: the same with the config's validation, quality metrics and figures on.
+Steps/s is measured over the steps after the first ``warmup`` ones. Then it prints the
+ratio fit / hand, the CLI start-up time against ``import pytorch_lightning``, and the wall
+time of each seed config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import warnings
+
+import pytorch_lightning as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_vae.data.manifolds import TwoClusters  # noqa: E402
+from lightning_vae.latents import BernoulliLatent  # noqa: E402
+from lightning_vae.nets import DiscreteVAE  # noqa: E402
+from lightning_vae.objectives import ELBO, SpreadELBO  # noqa: E402
+
+OBJECTIVES = {"elbo": ("seed_elbo.yaml", lambda: ELBO(kl_warmup_steps=500)),
+              "spread": ("seed_spread.yaml", lambda: SpreadELBO(0.3, kl_warmup_steps=500))}
+
+
+def hand_loop(objective, batch_size: int, steps: int, warmup: int) -> float:
+    """Steps/s of the plain PyTorch loop."""
+    torch.manual_seed(0)
+    x = TwoClusters().sample(10_000, torch.Generator().manual_seed(1234))
+    net = DiscreteVAE(2, BernoulliLatent(), hidden=64, depth=2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    n_batches = len(x) // batch_size
+    step, start = 0, None
+    while step < steps:
+        order = torch.randperm(len(x))
+        for b in range(n_batches):
+            if step == warmup:
+                start = time.perf_counter()
+            xb = x[order[b * batch_size:(b + 1) * batch_size]]
+            loss = objective(xb, net, step=step).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step == steps:
+                break
+    return (steps - warmup) / (time.perf_counter() - start)
+
+
+class _StepTimer(pl.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.warmup and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end, self.steps = time.perf_counter(), trainer.global_step
+
+
+def framework(config: str, batch_size: int, steps: int, warmup: int, validate: bool) -> float:
+    """Steps/s of ``fit`` through the real CLI (in-process, so start-up is excluded)."""
+    from lightning_vae.cli import build_cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--config", str(ROOT / "configs" / config), f"--data.batch_size={batch_size}",
+                f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
+                "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                f"--trainer.logger.init_args.save_dir={tmp}", f"--trainer.default_root_dir={tmp}"]
+        if not validate:
+            args.append("--trainer.limit_val_batches=0")
+        cli = build_cli(args, run=False)
+        timer = _StepTimer(warmup)
+        cli.trainer.callbacks.append(timer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return (timer.steps - warmup) / (timer.end - timer.start)
+
+
+def _wall(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 4096])
+    ap.add_argument("--skip_wall", action="store_true", help="skip start-up and seed-config timings")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning_vae").setLevel(logging.ERROR)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(f"{'objective':<8} {'batch':>6} {'hand it/s':>10} {'fit it/s':>9} {'ratio':>6} "
+          f"{'fit+val it/s':>12} {'ratio':>6}")
+    for name, (config, make) in OBJECTIVES.items():
+        for bs in args.batch_sizes:
+            hand = hand_loop(make(), bs, args.steps, args.warmup)
+            fit = framework(config, bs, args.steps, args.warmup, validate=False)
+            fit_val = framework(config, bs, args.steps, args.warmup, validate=True)
+            print(f"{name:<8} {bs:>6} {hand:>10.0f} {fit:>9.0f} {fit / hand:>6.2f} "
+                  f"{fit_val:>12.0f} {fit_val / hand:>6.2f}", flush=True)
+    if args.skip_wall:
+        return
+    py = sys.executable
+    t_pl = min(_wall([py, "-c", "import pytorch_lightning"]) for _ in range(3))
+    t_help = min(_wall([py, "-m", "lightning_vae", "fit", "--help"]) for _ in range(3))
+    print(f"start-up: import pytorch_lightning {t_pl:.2f} s; lightning_vae fit --help {t_help:.2f} s "
+          f"(+{t_help - t_pl:.2f} s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in ("seed_elbo.yaml", "seed_spread.yaml"):
+            t = _wall([py, "-m", "lightning_vae", "fit", "--config", f"configs/{config}",
+                       "--trainer.enable_progress_bar=false",
+                       f"--trainer.logger.init_args.save_dir={tmp}"])
+            print(f"wall: fit --config configs/{config}: {t:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
