@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -108,14 +109,40 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VAECLI:
     )
 
 
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a file; return its path."""
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    for folder in (Path(LOG_ROOT), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            continue
+    return "(could not be written)"
+
+
 def main(args: list[str] | None = None) -> VAECLI | None:
-    """Run the CLI. Errors end with a one-line message (exit 2) unless LVAE_TRACEBACK=1."""
+    """Run the CLI. Errors end with one line on stderr, never a raw traceback (unless
+    LVAE_TRACEBACK=1): bad input exits 2; an unexpected error exits 1 and its traceback is
+    saved to a file named in the message."""
     _setup_logging()
     try:
         return build_cli(args)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"lightning_vae: error: {type(err).__name__}: {one_line(str(err))} "
               f"(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - the last line of defence, reported in full
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"lightning_vae: internal error: {type(err).__name__}: {one_line(str(err))}; "
+              f"traceback saved to {_save_traceback()}", file=sys.stderr)
+        sys.exit(1)

@@ -191,3 +191,21 @@ def test_seed_ranges():
     assert parse_seeds("1,3,5-6") == [1, 3, 5, 6]
     with pytest.raises(SystemExit, match="--seeds must look like"):
         parse_seeds("a-b")
+
+
+def test_unexpected_error_is_one_line_with_saved_traceback(tmp_path, monkeypatch, capsys):
+    import lightning_vae.cli as cli
+
+    def boom(*args, **kwargs):
+        raise KeyError("simulated internal failure")
+
+    monkeypatch.setattr(cli, "build_cli", boom)
+    monkeypatch.setattr(cli, "LOG_ROOT", str(tmp_path / "logs"))
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error: KeyError" in err[0]
+    saved = err[0].rsplit("traceback saved to ", 1)[1]
+    assert "simulated internal failure" in open(saved).read()
