@@ -149,16 +149,18 @@ class SampleQuality(pl.Callback):
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.n_samples, self.every_n_epochs, self.seed = n_samples, every_n_epochs, seed
         self._bandwidth: Tensor | None = None
+        self._data_term: Tensor | None = None
 
     @torch.no_grad()
     def compute(self, pl_module, datamodule) -> dict[str, float]:
         """The quality numbers of the current model, as plain floats."""
         data = datamodule.val_x[: self.n_samples]
-        if self._bandwidth is None:
+        if self._bandwidth is None:  # the data are fixed: bandwidth and data-data term once
             self._bandwidth = metrics.median_bandwidth(data[: len(data) // 2], data[len(data) // 2 :])
+            self._data_term = metrics.within_kernel_mean(data, self._bandwidth)
         g = torch.Generator().manual_seed(self.seed)
         x = pl_module.sample(self.n_samples, generator=g).cpu().float()
-        values = {"quality/mmd": metrics.mmd_rbf(x, data, self._bandwidth)}
+        values = {"quality/mmd": metrics.mmd_rbf(x, data, self._bandwidth, yy=self._data_term)}
         manifold = datamodule.manifold
         dist = manifold.distance(x)
         values["quality/dist_mean"] = dist.mean()

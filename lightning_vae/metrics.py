@@ -24,7 +24,19 @@ def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
     return off_diag.median()
 
 
-def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None) -> Tensor:
+def within_kernel_mean(y: Tensor, bandwidth: float | Tensor) -> Tensor:
+    """Mean of k(a, b) over pairs a != b of ``y``: the MMD term that depends on ``y`` alone.
+
+    Callers comparing many samples against one fixed data set compute it once.
+    """
+    h = torch.as_tensor(bandwidth, dtype=y.dtype, device=y.device).clamp_min(MIN_BANDWIDTH)
+    k = torch.exp(-torch.cdist(y, y).square() / (2 * h**2))
+    m = len(y)
+    return (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+
+
+def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None,
+            yy: Tensor | None = None) -> Tensor:
     """Unbiased estimate of MMD^2 with k(a, b) = exp(-|a - b|^2 / (2 h^2)).
 
     Gretton et al. (2012), eq. 3: the diagonal terms k(a, a) are left out of the within-
@@ -32,20 +44,17 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None) -> Te
     samples come from the same distribution. ``bandwidth`` h defaults to the median
     heuristic on the pooled sample.
 
-    Args: x ``(N, D)``, y ``(M, D)`` with N, M >= 2.
+    Args: x ``(N, D)``, y ``(M, D)`` with N, M >= 2; ``yy``, optionally,
+    ``within_kernel_mean(y, bandwidth)`` computed beforehand (same value, less work).
     """
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd_rbf needs >= 2 points per sample, got {len(x)} and {len(y)}")
     h = median_bandwidth(x, y) if bandwidth is None else torch.as_tensor(bandwidth, dtype=x.dtype,
                                                                          device=x.device)
     h = h.clamp_min(MIN_BANDWIDTH)
-    gamma = 1.0 / (2 * h**2)
-    n, m = len(x), len(y)
-    kxx = torch.exp(-gamma * torch.cdist(x, x).square())
-    kyy = torch.exp(-gamma * torch.cdist(y, y).square())
-    kxy = torch.exp(-gamma * torch.cdist(x, y).square())
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    kxy = torch.exp(-torch.cdist(x, y).square() / (2 * h**2))
+    xx = within_kernel_mean(x, h)
+    yy = within_kernel_mean(y, h) if yy is None else yy
     return xx + yy - 2 * kxy.mean()
 
 

@@ -166,3 +166,12 @@ def test_mode_imbalance_known_value():
     # From labels: 3 of 4 in component 0.
     f = mode_fractions(torch.tensor([0, 0, 0, 1]), 2)
     assert float(mode_imbalance(f)) == pytest.approx(0.25)
+
+
+def test_mmd_with_precomputed_data_term_is_identical():
+    from lightning_vae.metrics import within_kernel_mean
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(50, 2, generator=g), torch.randn(40, 2, generator=g) + 0.3
+    h = median_bandwidth(x, y)
+    assert torch.equal(mmd_rbf(x, y, h, yy=within_kernel_mean(y, h)), mmd_rbf(x, y, h))
