@@ -52,6 +52,13 @@ class VAE(pl.LightningModule):
         self.objective = objective if objective is not None else ELBO()
         self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth)
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
+        # The training noise (spread) has its own generator, seeded by the run's seed: its
+        # stream does not depend on what else draws from torch's global RNG (data loaders,
+        # Lightning), it is saved in checkpoints, and an ensemble member with the same seed
+        # draws exactly the same noise.
+        self.noise_seed = int(torch.initial_seed())
+        self._noise: torch.Generator | None = None
+        self._noise_state: Tensor | None = None  # restored from a checkpoint, applied lazily
 
     # --- public API -------------------------------------------------------------------
 
@@ -81,11 +88,29 @@ class VAE(pl.LightningModule):
 
     # --- Lightning hooks --------------------------------------------------------------
 
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The training-noise generator (created on first use on the data's device)."""
+        if self._noise is None or self._noise.device != device:
+            self._noise = torch.Generator(device=device).manual_seed(self.noise_seed)
+            if self._noise_state is not None:
+                self._noise.set_state(self._noise_state)
+        return self._noise
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._noise is not None:
+            checkpoint["noise_generator_state"] = self._noise.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._noise_state = checkpoint.get("noise_generator_state")
+        self._noise = None
+
     def _common_step(self, x: Tensor, stage: str) -> Tensor:
-        generator, step = None, self.global_step
-        if stage != "train":
-            generator, step = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED), None
-        terms = self.objective(x, self.net, generator=generator, step=step)
+        if stage == "train":
+            y = self.objective.perturb(x, self.noise_generator(x.device))
+            terms = self.objective.terms(y, self.net, step=self.global_step)
+        else:
+            generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
+            terms = self.objective(x, self.net, generator=generator, step=None)
         if stage == "train":
             # Each self.log costs ~0.5 ms, more than the step itself: log training terms
             # only on the steps the logger writes (every trainer.log_every_n_steps).

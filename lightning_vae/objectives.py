@@ -6,6 +6,10 @@ Every objective is a small object with one contract::
     terms.loss      # scalar to minimise (mean over the batch)
     terms.values    # named scalar terms to log, e.g. {"elbo": ..., "kl": ...}
 
+which is ``objective.terms(objective.perturb(x, generator), vae, step)``: ``perturb``
+holds all the randomness (the spread noise), ``terms`` is deterministic, so an ensemble
+can draw each member's noise from its own generator and vmap ``terms`` over members.
+
 ``vae`` is any module with ``log_q(x)`` ``(B, K)``, ``log_prior(x)`` ``(K,)`` and
 ``decoder_params(x)`` -> (loc, scale) ``(K, D)`` (see ``nets.DiscreteVAE``). ``step`` is
 the training step (``None`` in evaluation, where the loss is always the full objective).
@@ -41,6 +45,14 @@ class Objective(Protocol):
     def __call__(
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
     ) -> Terms: ...
+
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The data the objective scores (all its randomness is here)."""
+        ...
+
+    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
+        """Loss and terms of perturbed data ``y`` (deterministic)."""
+        ...
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         """Std of the likelihood the objective fits, given the decoder std ``scale``."""
@@ -133,7 +145,14 @@ class ELBO:
     def __call__(
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
     ) -> Terms:
-        return _terms(x, vae, 0.0, "", kl_weight(step, self.kl_warmup_steps))
+        return self.terms(self.perturb(x, generator), vae, step)
+
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The ELBO sees the clean data."""
+        return x
+
+    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
+        return _terms(y, vae, 0.0, "", kl_weight(step, self.kl_warmup_steps))
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return scale
@@ -166,15 +185,20 @@ class SpreadELBO:
     def __call__(
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
     ) -> Terms:
-        beta = kl_weight(step, self.kl_warmup_steps)
+        return self.terms(self.perturb(x, generator), vae, step)
+
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """y = x + noise_std * eps, eps ~ N(0, I) drawn from ``generator`` (fresh each call)."""
         if self.noise_std == 0:
-            return _terms(x, vae, 0.0, "spread_", beta)
-        # A generator (fixed evaluation noise) lives on its own device; move its draw.
+            return x
+        # A generator lives on its own device; move its draw.
         device = generator.device if generator is not None else x.device
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
-        noise = noise.to(x.device)
-        y = x + self.noise_std * noise  # (B, D)
-        return _terms(y, vae, self.noise_std, "spread_", beta)
+        return x + self.noise_std * noise.to(x.device)  # (B, D)
+
+    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
+        """Spread ELBO terms of already-spread data ``y``."""
+        return _terms(y, vae, self.noise_std, "spread_", kl_weight(step, self.kl_warmup_steps))
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return _convolved_scale(scale, self.noise_std) if self.noise_std > 0 else scale
