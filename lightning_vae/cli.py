@@ -24,6 +24,13 @@ from lightning_vae.model import VAE
 LOG_ROOT = "logs"
 TRACEBACK_ENV = "LVAE_TRACEBACK"  # set to 1 to see the full traceback of an error
 
+LOGGER_DEFAULT = {
+    "trainer.logger": {
+        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": LOG_ROOT, "name": "default", "default_hp_metric": False},
+    },
+}
+
 TRAINER_DEFAULTS = {
     "max_epochs": 60,
     "log_every_n_steps": 10,
@@ -75,13 +82,7 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.save_last": True,
-            "trainer.logger": {
-                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": LOG_ROOT, "name": "default", "default_hp_metric": False},
-            },
-        })
+        parser.set_defaults({"checkpoint.save_last": True, **LOGGER_DEFAULT})
 
 
 def _setup_logging() -> None:
@@ -94,10 +95,10 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> VAECLI:
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class=None, model_class=None):
     """The CLI object; with ``run=False`` it only parses and instantiates (no subcommand)."""
-    return VAECLI(
-        VAE,
+    return (cli_class or VAECLI)(
+        model_class or VAE,
         ManifoldDataModule,
         args=args,
         run=run,
@@ -127,13 +128,18 @@ def _save_traceback() -> str:
     return "(could not be written)"
 
 
-def main(args: list[str] | None = None) -> VAECLI | None:
-    """Run the CLI. Errors end with one line on stderr, never a raw traceback (unless
+def main(args: list[str] | None = None):
+    """Run the CLI (see ``run_cli``)."""
+    return run_cli(VAECLI, VAE, args)
+
+
+def run_cli(cli_class, model_class, args: list[str] | None = None):
+    """Run a CLI. Errors end with one line on stderr, never a raw traceback (unless
     LVAE_TRACEBACK=1): bad input exits 2; an unexpected error exits 1 and its traceback is
     saved to a file named in the message."""
     _setup_logging()
     try:
-        return build_cli(args)
+        return build_cli(args, cli_class=cli_class, model_class=model_class)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise

@@ -17,6 +17,16 @@ from lightning_vae.objectives import ELBO, Objective
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int):
+    """Learning rate x 0.5 (1 + cos(pi t / total)), stepped every optimizer step.
+
+    Cosine to 0 over the run: late steps are small, so the clean model settles (the spread
+    objective's fresh noise otherwise keeps the x-std jittering).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
 class VAE(pl.LightningModule):
     """A VAE with a Bernoulli latent, trained with the objective given in config.
 
@@ -144,9 +154,5 @@ class VAE(pl.LightningModule):
         if self.lr_schedule == "constant":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        # Cosine to 0 over the run: late steps are small, so the clean model settles
-        # (the spread objective's fresh noise otherwise keeps the x-std jittering).
-        cosine = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total), "interval": "step"}}

@@ -36,9 +36,10 @@ class _Batches(Sampler):
     first batches (as ``DistributedSampler`` pads).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
+                 member_seeds: list[int] | None = None) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.drop_last = drop_last
+        self.drop_last, self.member_seeds = drop_last, member_seeds
         self.epoch, self.rank, self.world_size = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -52,16 +53,20 @@ class _Batches(Sampler):
         n, ws = self._n_batches(), self.world_size
         return n // ws if self.drop_last else -(-n // ws)
 
+    def _order(self, seed: int) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + self.epoch))
+
     def __iter__(self) -> Iterator[Tensor]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
+        if self.member_seeds is None:
+            order = self._order(self.seed)  # (N,)
+        else:  # an ensemble: each member's own order, exactly as its single run would see
+            order = torch.stack([self._order(s) for s in self.member_seeds])  # (M, N)
         n = self._n_batches()
         for i in range(len(self)):
             b = (self.rank + i * self.world_size) % n
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield order[..., b * self.batch_size : (b + 1) * self.batch_size]
 
 
 class ManifoldDataModule(pl.LightningDataModule):
@@ -80,6 +85,9 @@ class ManifoldDataModule(pl.LightningDataModule):
         data_seed: seed of the ``torch.Generator`` that draws all three splits.
         shuffle_seed: seed of the per-epoch shuffling; ``None`` takes ``torch.initial_seed()``
             at construction, i.e. the run's ``seed_everything`` value.
+        member_seeds: for an ensemble (``python -m lightning_vae.ensemble``; linked from
+            ``model.seeds``): training batches become ``(M, B, D)``, member m shuffled as a
+            single run with ``shuffle_seed = member_seeds[m]``.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class ManifoldDataModule(pl.LightningDataModule):
         eval_batch_size: int = 4_096,
         data_seed: int = 1234,
         shuffle_seed: int | None = None,
+        member_seeds: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -108,6 +117,9 @@ class ManifoldDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.data_seed = data_seed
         self.shuffle_seed = torch.initial_seed() % 2**31 if shuffle_seed is None else shuffle_seed
+        if member_seeds is not None and len(member_seeds) == 0:
+            raise ValueError("member_seeds must be a non-empty list of seeds or null, got []")
+        self.member_seeds = member_seeds
         self.train_x: Tensor | None = None
         self.val_x: Tensor | None = None
         self.test_x: Tensor | None = None
@@ -137,7 +149,8 @@ class ManifoldDataModule(pl.LightningDataModule):
         return float(self.axis_std.max())
 
     def _loader(self, x: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = _Batches(len(x), batch_size, shuffle, seed=self.shuffle_seed, drop_last=shuffle)
+        sampler = _Batches(len(x), batch_size, shuffle, seed=self.shuffle_seed, drop_last=shuffle,
+                           member_seeds=self.member_seeds if shuffle else None)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size

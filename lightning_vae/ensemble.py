@@ -1,0 +1,333 @@
+"""Many seeds for the price of one: M independent VAEs trained as one vmapped model.
+
+    python -m lightning_vae.ensemble fit --config configs/seed_spread.yaml --model.seeds=[0,1,2,3,4,5,6,7,8,9]
+
+Every member is the model a single run with that seed would train, exactly: the same
+initial weights (built after ``torch.manual_seed(seed)``), the same batch order (the
+datamodule shuffles member m with its seed), the same spread noise (its own generator
+seeded with its seed) and the same Adam updates (Adam acts elementwise, so one Adam over
+stacked weights is M independent Adams). The members' losses are summed, so each one's
+gradient is its own. Numbers differ from single runs only by float rounding of batched
+matrix products (``tests/test_ensemble.py`` bounds it).
+
+Each member logs to its own TensorBoard run, ``<run dir>/seed_<s>/``; the run directory
+gets ``ensemble_summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_vae.callbacks import SampleQuality, axis_name
+from lightning_vae.callbacks import _warn as _info
+from lightning_vae.cli import LOGGER_DEFAULT, VAECLI, run_cli
+from lightning_vae.latents import BernoulliLatent
+from lightning_vae.model import EVAL_NOISE_SEED, cosine_schedule
+from lightning_vae.nets import DiscreteVAE
+from lightning_vae.objectives import ELBO, Objective
+
+
+class _Scorer(nn.Module):
+    """Wraps net + objective so that ``functional_call`` can swap in one member's weights."""
+
+    def __init__(self, net: DiscreteVAE, objective: Objective) -> None:
+        super().__init__()
+        self.net, self.objective = net, objective
+
+    def forward(self, y: Tensor, step: int | None):
+        return self.objective.terms(y, self.net, step=step)
+
+    def decoder_params(self):
+        return self.net.decoder_params()
+
+    def log_px(self, x: Tensor) -> Tensor:
+        return self.net.log_px(x)
+
+
+class EnsembleVAE(pl.LightningModule):
+    """M copies of ``VAE`` with different seeds, trained in one vmapped step.
+
+    Args:
+        seeds: one member per seed (the ``seed_everything`` value of its single run).
+        data_dim: ambient dimension D (linked from the datamodule).
+        objective: as for ``VAE``; shared by all members.
+        latent: as for ``VAE``.
+        hidden: as for ``VAE``.
+        depth: as for ``VAE``.
+        optimizer: as for ``VAE``; one optimizer over the stacked weights.
+        lr_schedule: as for ``VAE``.
+    """
+
+    def __init__(
+        self,
+        seeds: list[int] | None = None,
+        data_dim: int = 2,
+        objective: Objective | None = None,
+        latent: BernoulliLatent | None = None,
+        hidden: int = 64,
+        depth: int = 2,
+        optimizer: OptimizerCallable | None = None,
+        lr_schedule: Literal["constant", "cosine"] = "cosine",
+    ) -> None:
+        super().__init__()
+        seeds = list(range(10)) if seeds is None else list(seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        self.seeds = seeds
+        self.objective = objective if objective is not None else ELBO()
+        latent = latent or BernoulliLatent()
+        members = []
+        for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
+            torch.manual_seed(s)
+            members.append(_Scorer(DiscreteVAE(data_dim, latent, hidden=hidden, depth=depth),
+                                   self.objective))
+        params, _ = stack_module_state(members)  # name -> (M, ...)
+        self._names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self._names])
+        self._template = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule
+        self._optimizer, self.lr_schedule = optimizer, lr_schedule
+        self._noise: list[torch.Generator] | None = None
+
+    # --- vmapped maths ----------------------------------------------------------------
+
+    def _params(self) -> dict[str, Tensor]:
+        return dict(zip(self._names, self.stacked))
+
+    def _vmapped(self, method: str, *shared: Tensor):
+        """``_Scorer.<method>(*shared)`` for every member's weights, stacked on dim 0."""
+        caller = _MethodCaller(self._template[0], method)
+
+        def one(params):
+            return functional_call(caller, {f"inner.{k}": v for k, v in params.items()}, shared)
+
+        return vmap(one)(self._params())
+
+    def member_terms(self, y: Tensor, step: int | None):
+        """Objective terms of each member on its own data ``y`` ``(M, B, D)``."""
+        return vmap(lambda p, ym: functional_call(self._template[0], p, (ym, step)))(self._params(), y)
+
+    def decoder_params(self) -> tuple[Tensor, Tensor]:
+        """Decoder loc and std of every member, ``(M, K, D)`` each."""
+        return self._vmapped("decoder_params")
+
+    def log_px(self, x: Tensor) -> Tensor:
+        """Exact log p(x) of every member on shared data ``x`` ``(B, D)``, ``(M, B)``."""
+        return self._vmapped("log_px", x)
+
+    def member(self, m: int) -> DiscreteVAE:
+        """Member ``m`` as a plain ``DiscreteVAE`` (a copy with its weights)."""
+        net = DiscreteVAE(self.hparams.data_dim, self._template[0].net.latent,
+                          hidden=self.hparams.hidden, depth=self.hparams.depth)
+        state = {n.removeprefix("net."): p[m].detach() for n, p in self._params().items()}
+        net.load_state_dict(state)
+        return net.to(self.device)
+
+    # --- Lightning hooks --------------------------------------------------------------
+
+    def _generators(self, device: torch.device) -> list[torch.Generator]:
+        if self._noise is None or self._noise[0].device != device:
+            self._noise = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+        return self._noise
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        if x.dim() != 3 or x.shape[0] != len(self.seeds):
+            raise ValueError(f"an ensemble of {len(self.seeds)} needs (M, B, D) batches, got "
+                             f"{tuple(x.shape)}: set data.member_seeds to the model's seeds")
+        # Each member's noise from its own generator, as in its single run.
+        y = torch.stack([self.objective.perturb(x[m], g)
+                         for m, g in enumerate(self._generators(x.device))])  # (M, B, D)
+        terms = self.member_terms(y, self.global_step)
+        if self.trainer._logger_connector.should_update_logs:
+            self._member_log({"train/loss": terms.loss.detach(),
+                              **{f"train/{k}": v for k, v in terms.values.items()}})
+        return terms.loss.sum()
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        g = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
+        y = self.objective.perturb(x, g)
+        terms = self.member_terms(y.expand(len(self.seeds), *y.shape), None)
+        values = {"val/loss": terms.loss, **{f"val/{k}": v for k, v in terms.values.items()}}
+        values.setdefault("val/log_px", self.log_px(x).mean(1))
+        self._val.append({k: v.detach() for k, v in values.items()})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val: list[dict[str, Tensor]] = []
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._val:
+            return
+        keys = self._val[0]
+        mean = {k: torch.stack([v[k] for v in self._val]).mean(0) for k in keys}
+        self._member_log(mean)
+        # The ensemble's own scalars: the spread of the members.
+        self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()})
+
+    def _member_log(self, values: dict[str, Tensor]) -> None:
+        writers = _member_writers(self.trainer, self.seeds)
+        if writers is None:
+            return
+        host = {k: v.float().cpu().tolist() for k, v in values.items()}
+        for m, w in enumerate(writers):
+            for k, v in host.items():
+                w.add_scalar(k, v[m], self.global_step)
+
+    def configure_optimizers(self):
+        params = self.parameters()
+        optimizer = self._optimizer(params) if self._optimizer else torch.optim.Adam(params, lr=1e-3)
+        if self.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total), "interval": "step"}}
+
+
+class _MethodCaller(nn.Module):
+    def __init__(self, inner: nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner, self.method = inner, method
+
+    def forward(self, *args):
+        return getattr(self.inner, self.method)(*args)
+
+
+_WRITERS: dict[tuple[str, tuple[int, ...]], list] = {}
+
+
+def _member_writers(trainer: pl.Trainer, seeds: list[int]):
+    """One TensorBoard writer per member under the run directory (rank zero only)."""
+    if not trainer.is_global_zero or trainer.log_dir is None:
+        return None
+    key = (trainer.log_dir, tuple(seeds))
+    if key not in _WRITERS:
+        from torch.utils.tensorboard import SummaryWriter
+
+        _WRITERS[key] = [SummaryWriter(str(Path(trainer.log_dir) / f"seed_{s}")) for s in seeds]
+    return _WRITERS[key]
+
+
+def close_writers() -> None:
+    for writers in _WRITERS.values():
+        for w in writers:
+            w.close()
+    _WRITERS.clear()
+
+
+class EnsembleMonitor(pl.Callback):
+    """Per-member decoder stds and locs, variance collapse, and sample quality.
+
+    Logs into each member's TensorBoard run (``<run dir>/seed_<s>/``) and writes
+    ``ensemble_summary.json`` (one row per member) at the end of ``fit``.
+
+    Args:
+        collapse_ratio: as for ``DecoderVarianceMonitor``.
+        quality_every_n_epochs: sample quality of every member after every n-th validation
+            epoch (and at the end); it is the costly part of an ensemble's epoch.
+        n_samples: model samples and validation points per quality evaluation.
+    """
+
+    def __init__(self, collapse_ratio: float = 1e-2, quality_every_n_epochs: int = 10,
+                 n_samples: int = 2000) -> None:
+        if not collapse_ratio > 0:
+            raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
+        if quality_every_n_epochs < 1:
+            raise ValueError(f"quality_every_n_epochs must be >= 1, got {quality_every_n_epochs}")
+        self.collapse_ratio, self.quality_every_n_epochs = collapse_ratio, quality_every_n_epochs
+        self.quality = SampleQuality(n_samples=n_samples)
+        self.collapse_step: list[int | None] | None = None
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.collapse_step is None:
+            self.collapse_step = [None] * len(pl_module.seeds)
+        loc, scale = pl_module.decoder_params()  # (M, K, D)
+        ratio = (pl_module.objective.likelihood_scale(scale).amin(dim=(1, 2))
+                 / trainer.datamodule.data_scale).tolist()
+        for m, r in enumerate(ratio):
+            if self.collapse_step[m] is None and not r >= self.collapse_ratio:
+                self.collapse_step[m] = step
+        if step % trainer.log_every_n_steps:
+            return
+        dim = loc.shape[2]
+        values = {"decoder/min_likelihood_std_ratio": torch.tensor(ratio)}
+        for k in range(loc.shape[1]):
+            for d in range(dim):
+                values[f"decoder/std_{axis_name(d, dim)}_z{k}"] = scale[:, k, d]
+                values[f"decoder/loc_{axis_name(d, dim)}_z{k}"] = loc[:, k, d]
+        values["decoder/collapse_step"] = torch.tensor(
+            [math.nan if c is None else c for c in self.collapse_step])
+        pl_module._member_log(values)
+
+    def _quality(self, trainer, pl_module) -> list[dict[str, float]]:
+        rows = [self.quality.compute(pl_module.member(m), trainer.datamodule)
+                for m in range(len(pl_module.seeds))]
+        pl_module._member_log({k: torch.tensor([r[k] for r in rows]) for k in rows[0]})
+        return rows
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.quality_every_n_epochs:
+            return
+        self._quality(trainer, pl_module)
+
+    @torch.no_grad()
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from lightning_vae.report import recovered_both_modes
+
+        rows = self._quality(trainer, pl_module)
+        loc, scale = pl_module.decoder_params()
+        centres = getattr(trainer.datamodule.manifold, "centres", None)
+        summary = []
+        for m, seed in enumerate(pl_module.seeds):
+            dim = loc.shape[2]
+            row = {"seed": seed,
+                   "loc": {f"z{k}": loc[m, k].tolist() for k in range(loc.shape[1])},
+                   "std": {f"z{k}": {axis_name(d, dim): float(scale[m, k, d]) for d in range(dim)}
+                           for k in range(loc.shape[1])},
+                   "collapse_step": (self.collapse_step or [None] * len(pl_module.seeds))[m],
+                   **rows[m]}
+            if centres is not None:
+                row["both_modes"] = recovered_both_modes(row, centres)
+            summary.append(row)
+        if trainer.is_global_zero and trainer.log_dir is not None:
+            path = Path(trainer.log_dir) / "ensemble_summary.json"
+            path.write_text(json.dumps(summary, indent=1))
+            if centres is not None:
+                n_ok = sum(r["both_modes"] for r in summary)
+                _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "
+                      f"members; per-member summary in {path}")
+        close_writers()
+
+
+class EnsembleCLI(VAECLI):
+    """``VAECLI`` over ``EnsembleVAE``: the same configs, plus ``--model.seeds``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.link_arguments("model.seeds", "data.member_seeds")
+        parser.add_lightning_class_args(EnsembleMonitor, "ensemble_monitor")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, **LOGGER_DEFAULT,
+                             "model.seeds": list(range(10))})
+
+
+def main(args: list[str] | None = None) -> None:
+    run_cli(EnsembleCLI, EnsembleVAE, args)
+
+
+if __name__ == "__main__":
+    main()
