@@ -9,9 +9,10 @@ For each objective (ELBO, SpreadELBO) and batch size it times:
   - fit:  ``python -m lightning_vae fit`` on the seed config (built by the real CLI
     in-process), validation off, everything else (callbacks, logging, checkpoints) default;
   - fit+val: the same with the config's validation, quality metrics and figures on.
+``fit K=k`` runs k optimizer steps per Lightning step (``--data.steps_per_batch=k``).
 Steps/s is measured over the steps after the first ``warmup`` ones. Then it prints the
-ratio fit / hand, the CLI start-up time against ``import pytorch_lightning``, and the wall
-time of each seed config.
+ratio fit / hand, the CLI start-up time against ``import pytorch_lightning``, the wall
+time of each seed config, and of the 10-seed vectorised ensemble against one seed.
 """
 
 from __future__ import annotations
@@ -73,19 +74,21 @@ class _StepTimer(pl.Callback):
         self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.warmup and self.start is None:
-            self.start = time.perf_counter()
+        if trainer.global_step >= self.warmup and self.start is None:
+            self.start, self.start_step = time.perf_counter(), trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.end, self.steps = time.perf_counter(), trainer.global_step
 
 
-def framework(config: str, batch_size: int, steps: int, warmup: int, validate: bool) -> float:
+def framework(config: str, batch_size: int, steps: int, warmup: int, validate: bool,
+              steps_per_batch: int = 1) -> float:
     """Steps/s of ``fit`` through the real CLI (in-process, so start-up is excluded)."""
     from lightning_vae.cli import build_cli
 
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--config", str(ROOT / "configs" / config), f"--data.batch_size={batch_size}",
+                f"--data.steps_per_batch={steps_per_batch}",
                 f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                 f"--trainer.logger.init_args.save_dir={tmp}", f"--trainer.default_root_dir={tmp}"]
@@ -95,7 +98,7 @@ def framework(config: str, batch_size: int, steps: int, warmup: int, validate: b
         timer = _StepTimer(warmup)
         cli.trainer.callbacks.append(timer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        return (timer.steps - warmup) / (timer.end - timer.start)
+        return (timer.steps - timer.start_step) / (timer.end - timer.start)
 
 
 def _wall(cmd: list[str]) -> float:
@@ -110,6 +113,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--skip_wall", action="store_true", help="skip start-up and seed-config timings")
+    ap.add_argument("--steps_per_batch", type=int, nargs="+", default=[1, 8],
+                    help="framework variants: optimizer steps per Lightning step")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -117,15 +122,20 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning_vae").setLevel(logging.ERROR)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    print(f"{'objective':<8} {'batch':>6} {'hand it/s':>10} {'fit it/s':>9} {'ratio':>6} "
-          f"{'fit+val it/s':>12} {'ratio':>6}")
+    head = f"{'objective':<8} {'batch':>6} {'hand it/s':>10}"
+    for k in args.steps_per_batch:
+        head += f" {'fit K=' + str(k):>10} {'ratio':>6}"
+    print(head + f" {'fit+val K=' + str(args.steps_per_batch[-1]):>14} {'ratio':>6}")
     for name, (config, make) in OBJECTIVES.items():
         for bs in args.batch_sizes:
             hand = hand_loop(make(), bs, args.steps, args.warmup)
-            fit = framework(config, bs, args.steps, args.warmup, validate=False)
-            fit_val = framework(config, bs, args.steps, args.warmup, validate=True)
-            print(f"{name:<8} {bs:>6} {hand:>10.0f} {fit:>9.0f} {fit / hand:>6.2f} "
-                  f"{fit_val:>12.0f} {fit_val / hand:>6.2f}", flush=True)
+            row = f"{name:<8} {bs:>6} {hand:>10.0f}"
+            for k in args.steps_per_batch:
+                fit = framework(config, bs, args.steps, args.warmup, validate=False, steps_per_batch=k)
+                row += f" {fit:>10.0f} {fit / hand:>6.2f}"
+            fit_val = framework(config, bs, args.steps, args.warmup, validate=True,
+                                steps_per_batch=args.steps_per_batch[-1])
+            print(row + f" {fit_val:>14.0f} {fit_val / hand:>6.2f}", flush=True)
     if args.skip_wall:
         return
     py = sys.executable
@@ -134,11 +144,17 @@ def main() -> None:
     print(f"start-up: import pytorch_lightning {t_pl:.2f} s; lightning_vae fit --help {t_help:.2f} s "
           f"(+{t_help - t_pl:.2f} s)")
     with tempfile.TemporaryDirectory() as tmp:
+        common = ["--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp}"]
+        single = {}
         for config in ("seed_elbo.yaml", "seed_spread.yaml"):
-            t = _wall([py, "-m", "lightning_vae", "fit", "--config", f"configs/{config}",
-                       "--trainer.enable_progress_bar=false",
-                       f"--trainer.logger.init_args.save_dir={tmp}"])
-            print(f"wall: fit --config configs/{config}: {t:.1f} s")
+            single[config] = _wall([py, "-m", "lightning_vae", "fit", "--config", f"configs/{config}",
+                                    *common])
+            print(f"wall: fit --config configs/{config}: {single[config]:.1f} s")
+        for config in ("seed_elbo.yaml", "seed_spread.yaml"):
+            t = _wall([py, "-m", "lightning_vae.ensemble", "fit", "--config", f"configs/{config}",
+                       "--model.seeds=[0,1,2,3,4,5,6,7,8,9]", *common])
+            print(f"wall: ensemble of 10 seeds, configs/{config}: {t:.1f} s "
+                  f"= {t / single[config]:.2f} x one seed")
 
 
 if __name__ == "__main__":

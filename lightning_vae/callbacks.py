@@ -26,6 +26,11 @@ def axis_name(i: int, dim: int) -> str:
     return "xyz"[i] if dim <= 3 else f"d{i}"
 
 
+def _passed(last: int, step: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (last, step]."""
+    return every > 0 and step // every > last // every
+
+
 def _histogram(writer, tag: str, values: Tensor, step: int) -> None:
     """A histogram of the finite values (a diverged model has none: then nothing)."""
     values = values[values.isfinite()].detach().cpu()
@@ -76,9 +81,12 @@ class DecoderVarianceMonitor(pl.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        log_now = step % trainer.log_every_n_steps == 0
-        if step % self.check_every_n_steps and not log_now:
+        # A Lightning step may hold several optimizer steps (steps_per_batch): act when a
+        # multiple of the cadence was passed since the last call.
+        step, last = trainer.global_step, getattr(self, "_last_step", -1)
+        self._last_step = step
+        log_now = _passed(last, step, trainer.log_every_n_steps)
+        if not (log_now or _passed(last, step, self.check_every_n_steps)):
             return
         loc, scale = pl_module.decoder_params()  # (K, D)
         lik_scale = pl_module.likelihood_scale(scale)
@@ -247,6 +255,7 @@ class DivergenceGuard(pl.Callback):
     def __init__(self) -> None:
         self.diverged: dict | None = None
         self._grad_norm: Tensor | None = None
+        self._bad_grads_at: int | None = None  # optimizer step of the first skipped step
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
@@ -256,22 +265,28 @@ class DivergenceGuard(pl.Callback):
         if not torch.isfinite(self._grad_norm):
             for p in pl_module.parameters():
                 p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
+            if self._bad_grads_at is None:
+                self._bad_grads_at = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
         grad_norm = self._grad_norm
-        if trainer.global_step % trainer.log_every_n_steps == 0 and grad_norm is not None:
+        step, last = trainer.global_step, getattr(self, "_last_step", -1)
+        self._last_step = step
+        if _passed(last, step, trainer.log_every_n_steps) and grad_norm is not None:
             for logger in trainer.loggers:
-                logger.log_metrics({"train/grad_norm": float(grad_norm)}, step=trainer.global_step)
-        finite = loss is None or bool(torch.isfinite(loss))
-        finite = finite and (grad_norm is None or bool(torch.isfinite(grad_norm)))
-        if finite or self.diverged is not None:
+                logger.log_metrics({"train/grad_norm": float(grad_norm)}, step=step)
+        if self.diverged is not None:
             return
-        self._stop(trainer, pl_module, loss, grad_norm)
+        bad_loss = loss is not None and not bool(torch.isfinite(loss).all())
+        if bad_loss or (self._bad_grads_at is not None):
+            if loss is not None and loss.dim() > 0:  # the first non-finite of the K steps
+                loss = loss[~torch.isfinite(loss)][0] if bad_loss else loss[-1]
+            self._stop(trainer, pl_module, loss, grad_norm)
 
     def _stop(self, trainer, pl_module, loss, grad_norm) -> None:
-        # global_step has already advanced past the skipped step.
-        step = trainer.global_step - 1
+        # The first skipped step (global_step has already advanced past it).
+        step = self._bad_grads_at if self._bad_grads_at is not None else trainer.global_step - 1
         weights_finite = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
         ckpt = None
         if weights_finite and trainer.log_dir is not None:

@@ -75,6 +75,7 @@ class VAECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.link_arguments("data.steps_per_batch", "model.steps_per_batch")
         parser.add_lightning_class_args(DecoderVarianceMonitor, "decoder_monitor")
         parser.add_lightning_class_args(SampleQuality, "sample_quality")
         parser.add_lightning_class_args(SampleFigure, "sample_figure")

@@ -41,6 +41,13 @@ class VAE(pl.LightningModule):
             default learning rate, 1e-3.
         lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
             step); "constant" keeps it.
+        steps_per_batch: optimizer steps per Lightning step (linked from the datamodule,
+            which then serves ``(K, B, D)`` batches). K > 1 runs the K steps in one
+            ``training_step`` (manual optimization): Lightning's per-step overhead is paid
+            once per K steps, results are the same as K = 1. With K > 1 use
+            ``gradient_clip`` here instead of the trainer's ``gradient_clip_val``.
+        gradient_clip: clip the gradient norm to this value (None: no clipping); with
+            K = 1 the trainer's ``gradient_clip_val`` works too.
     """
 
     def __init__(
@@ -52,13 +59,21 @@ class VAE(pl.LightningModule):
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
+        steps_per_batch: int = 1,
+        gradient_clip: float | None = None,
     ) -> None:
         super().__init__()
         if data_dim < 1:
             raise ValueError(f"data_dim must be >= 1, got {data_dim}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if steps_per_batch < 1:
+            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+        if gradient_clip is not None and not gradient_clip > 0:
+            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
         self.save_hyperparameters()
+        self.steps_per_batch, self.gradient_clip = steps_per_batch, gradient_clip
+        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
         self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth)
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
@@ -114,45 +129,97 @@ class VAE(pl.LightningModule):
         self._noise_state = checkpoint.get("noise_generator_state")
         self._noise = None
 
-    def _common_step(self, x: Tensor, stage: str) -> Tensor:
-        if stage == "train":
-            y = self.objective.perturb(x, self.noise_generator(x.device))
-            terms = self.objective.terms(y, self.net, step=self.global_step)
-        else:
-            generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
-            terms = self.objective(x, self.net, generator=generator, step=None)
-        if stage == "train":
-            # Each self.log costs ~0.5 ms, more than the step itself: log training terms
-            # only on the steps the logger writes (every trainer.log_every_n_steps).
-            if self.trainer._logger_connector.should_update_logs:
-                self.log("train/loss", terms.loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
-                self.log_dict({f"train/{k}": v for k, v in terms.values.items()},
-                              on_step=True, on_epoch=False)
-            return terms.loss
+    def _train_terms(self, x: Tensor):
+        y = self.objective.perturb(x, self.noise_generator(x.device))
+        return self.objective.terms(y, self.net, step=self.global_step)
+
+    def _log_train(self, terms, step: int | None = None) -> None:
+        """Log the training terms. Automatic optimization: through ``self.log``, called only
+        on the steps the logger writes (each ``self.log`` costs ~0.5 ms, more than a
+        step). Manual (K steps per Lightning step): written straight to the loggers at
+        optimizer step ``step``, since Lightning writes only once per K steps."""
+        values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
+        if step is None:
+            self.log("train/loss", values.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False)
+            self.log_dict(values, on_step=True, on_epoch=False)
+            return
+        self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
+        scalars = {k: float(v) for k, v in values.items()}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=step)
+
+    def _eval_step(self, x: Tensor, stage: str) -> Tensor:
+        generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
+        terms = self.objective(x, self.net, generator=generator, step=None)
         logged = {f"{stage}/loss": terms.loss, **{f"{stage}/{k}": v for k, v in terms.values.items()}}
         if f"{stage}/log_px" not in logged:
             logged[f"{stage}/log_px"] = self.net.log_px(x).mean()  # exact, clean model
+        if not self.automatic_optimization and stage == "val":
+            # Lightning would put these at its own (K-step) batch count; use the x-axis of
+            # the automatic path (the last optimizer step's index) instead.
+            logged["step"] = float(self.global_step - 1)
         self.log_dict(logged, on_step=False, on_epoch=True)
         return terms.loss
 
+    def _manual_steps(self, x: Tensor) -> Tensor:
+        """K optimizer steps, one per batch of ``x`` ``(K, B, D)`` (or ``(B, D)``)."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        every = self.trainer.log_every_n_steps
+        losses = []
+        for xb in x if x.dim() == 3 else x[None]:
+            terms = self._train_terms(xb)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(terms.loss)
+            if self.gradient_clip is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(terms.loss.detach())
+            # The automatic path's convention: step t's terms at x = t, every n-th step.
+            if every and (self.global_step) % every == 0:
+                self._log_train(terms, step=self.global_step - 1)
+        return torch.stack(losses)  # (K,)
+
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        return self._common_step(x, "train")
+        if not self.automatic_optimization:
+            return self._manual_steps(x)
+        terms = self._train_terms(x)
+        if self.trainer._logger_connector.should_update_logs:
+            self._log_train(terms)
+        return terms.loss
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        self._common_step(x, "val")
+        self._eval_step(x, "val")
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self._common_step(x, "test")
+        self._eval_step(x, "test")
 
     def predict_step(self, x: Tensor, batch_idx: int) -> dict[str, Tensor]:
         """Per point: the input, q(z=1|x) and the exact log p(x)."""
         return {"x": x, "q_z": self.net.log_q(x).exp(), "log_px": self.net.log_px(x)}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole run (what the cosine schedule spans)."""
+        trainer = self.trainer
+        if self.automatic_optimization:
+            total = trainer.estimated_stepping_batches
+        else:  # Lightning counts K-step batches; count the optimizer steps
+            per_epoch = trainer.datamodule.steps_per_epoch(trainer.world_size)
+            total = per_epoch * trainer.max_epochs if trainer.max_epochs > 0 else math.inf
+            if trainer.max_steps != -1:
+                total = min(total, trainer.max_steps)
+        if not math.isfinite(total):
+            raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_epochs "
+                             "or trainer.max_steps, or use lr_schedule 'constant'")
+        return max(1, int(total))
 
     def configure_optimizers(self):
         params = self.parameters()
         optimizer = self._optimizer(params) if self._optimizer else torch.optim.Adam(params, lr=1e-3)
         if self.lr_schedule == "constant":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._total_steps()
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total), "interval": "step"}}

@@ -33,13 +33,15 @@ class _Batches(Sampler):
     DDP each rank takes every ``world_size``-th batch of the same permutation, and every
     rank gets the same number of batches (unequal counts would hang the gradient
     all-reduce): training drops the batches left over, evaluation wraps around to the
-    first batches (as ``DistributedSampler`` pads).
+    first batches (as ``DistributedSampler`` pads). With ``group > 1`` consecutive batches
+    are served ``group`` at a time, ``(group, B)`` (the last group of an epoch may be
+    smaller): the same batches in the same order, fewer trips through the loader.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
-                 member_seeds: list[int] | None = None) -> None:
+                 member_seeds: list[int] | None = None, group: int = 1) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.drop_last, self.member_seeds = drop_last, member_seeds
+        self.drop_last, self.member_seeds, self.group = drop_last, member_seeds, group
         self.epoch, self.rank, self.world_size = 0, 0, 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -49,9 +51,12 @@ class _Batches(Sampler):
         full, rest = divmod(self.n, self.batch_size)
         return full if (self.drop_last or rest == 0) else full + 1
 
-    def __len__(self) -> int:
+    def _n_rank_batches(self) -> int:
         n, ws = self._n_batches(), self.world_size
         return n // ws if self.drop_last else -(-n // ws)
+
+    def __len__(self) -> int:
+        return -(-self._n_rank_batches() // self.group)
 
     def _order(self, seed: int) -> Tensor:
         if not self.shuffle:
@@ -64,9 +69,13 @@ class _Batches(Sampler):
         else:  # an ensemble: each member's own order, exactly as its single run would see
             order = torch.stack([self._order(s) for s in self.member_seeds])  # (M, N)
         n = self._n_batches()
-        for i in range(len(self)):
-            b = (self.rank + i * self.world_size) % n
-            yield order[..., b * self.batch_size : (b + 1) * self.batch_size]
+        batches = [order[..., b * self.batch_size : (b + 1) * self.batch_size]
+                   for b in ((self.rank + i * self.world_size) % n for i in range(self._n_rank_batches()))]
+        if self.group == 1:
+            yield from batches
+            return
+        for j in range(0, len(batches), self.group):
+            yield torch.stack(batches[j : j + self.group])  # (K, B)
 
 
 class ManifoldDataModule(pl.LightningDataModule):
@@ -88,6 +97,10 @@ class ManifoldDataModule(pl.LightningDataModule):
         member_seeds: for an ensemble (``python -m lightning_vae.ensemble``; linked from
             ``model.seeds``): training batches become ``(M, B, D)``, member m shuffled as a
             single run with ``shuffle_seed = member_seeds[m]``.
+        steps_per_batch: serve this many consecutive training batches at once, ``(K, B, D)``;
+            the model takes one optimizer step per batch (K steps per Lightning step), so
+            Lightning's per-step overhead is paid once per K steps. Same batches, same order,
+            same results as 1.
     """
 
     def __init__(
@@ -101,6 +114,7 @@ class ManifoldDataModule(pl.LightningDataModule):
         data_seed: int = 1234,
         shuffle_seed: int | None = None,
         member_seeds: list[int] | None = None,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,7 +133,12 @@ class ManifoldDataModule(pl.LightningDataModule):
         self.shuffle_seed = torch.initial_seed() % 2**31 if shuffle_seed is None else shuffle_seed
         if member_seeds is not None and len(member_seeds) == 0:
             raise ValueError("member_seeds must be a non-empty list of seeds or null, got []")
-        self.member_seeds = member_seeds
+        if steps_per_batch < 1:
+            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+        if steps_per_batch > 1 and member_seeds is not None:
+            raise ValueError("steps_per_batch must be 1 for an ensemble (member_seeds set), "
+                             f"got {steps_per_batch}")
+        self.member_seeds, self.steps_per_batch = member_seeds, steps_per_batch
         self.train_x: Tensor | None = None
         self.val_x: Tensor | None = None
         self.test_x: Tensor | None = None
@@ -148,9 +167,14 @@ class ManifoldDataModule(pl.LightningDataModule):
         """The largest per-axis std of the training data: the scale thresholds are relative to."""
         return float(self.axis_std.max())
 
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Training batches (optimizer steps) per epoch on each rank."""
+        return (self.n_train // self.batch_size) // world_size
+
     def _loader(self, x: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = _Batches(len(x), batch_size, shuffle, seed=self.shuffle_seed, drop_last=shuffle,
-                           member_seeds=self.member_seeds if shuffle else None)
+                           member_seeds=self.member_seeds if shuffle else None,
+                           group=self.steps_per_batch if shuffle else 1)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
