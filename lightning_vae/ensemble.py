@@ -102,6 +102,7 @@ class EnsembleVAE(pl.LightningModule):
         self._template = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
         self._noise: list[torch.Generator] | None = None
+        self._noise_states: list[Tensor] | None = None  # from a checkpoint, applied lazily
 
     # --- vmapped maths ----------------------------------------------------------------
 
@@ -140,9 +141,19 @@ class EnsembleVAE(pl.LightningModule):
     # --- Lightning hooks --------------------------------------------------------------
 
     def _generators(self, device: torch.device) -> list[torch.Generator]:
+        """One training-noise generator per member, seeded as its single run's."""
         if self._noise is None or self._noise[0].device != device:
             self._noise = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+            for g, state in zip(self._noise, self._noise_states or []):
+                g.set_state(state)
         return self._noise
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._noise is not None:
+            checkpoint["noise_generator_states"] = [g.get_state() for g in self._noise]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._noise_states, self._noise = checkpoint.get("noise_generator_states"), None
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         if x.dim() != 3 or x.shape[0] != len(self.seeds):
