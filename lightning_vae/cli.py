@@ -83,7 +83,9 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, **LOGGER_DEFAULT})
+        # last.ckpt every epoch; no second, epoch-named copy (save_top_k 0): half the writes.
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             **LOGGER_DEFAULT})
 
 
 def _setup_logging() -> None:

@@ -332,7 +332,7 @@ class EnsembleCLI(VAECLI):
         parser.link_arguments("model.seeds", "data.member_seeds")
         parser.add_lightning_class_args(EnsembleMonitor, "ensemble_monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, **LOGGER_DEFAULT,
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0, **LOGGER_DEFAULT,
                              "model.seeds": list(range(10))})
 
 
