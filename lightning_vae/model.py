@@ -186,7 +186,7 @@ class VAE(pl.LightningModule):
                 scheduler.step()
             losses.append(terms.loss.detach())
             # The automatic path's convention: step t's terms at x = t, every n-th step.
-            if every and (self.global_step) % every == 0:
+            if every and self.global_step % every == 0:
                 self._log_train(terms, step=self.global_step - 1)
         return torch.stack(losses)  # (K,)
 
