@@ -130,7 +130,9 @@ class DecoderVarianceMonitor(pl.Callback):
         if trainer.sanity_checking:
             return
         loc, scale = pl_module.decoder_params()
-        pl_module.log("decoder/min_std_ratio_val", float(scale.min()) / trainer.datamodule.data_scale)
+        # The same on every rank; sync_dist keeps DDP's epoch-level bookkeeping consistent.
+        pl_module.log("decoder/min_std_ratio_val", float(scale.min()) / trainer.datamodule.data_scale,
+                      sync_dist=True)
         writer = _tb(trainer)
         if writer is None or not trainer.is_global_zero:
             return
@@ -190,7 +192,7 @@ class SampleQuality(pl.Callback):
         if trainer.sanity_checking or not _due_epoch(trainer, self.every_n_epochs):
             return
         for k, v in self.compute(pl_module, trainer.datamodule).items():
-            pl_module.log(k, v)
+            pl_module.log(k, v, sync_dist=True)  # identical on every rank (same seed, same data)
 
 
 class SampleFigure(pl.Callback):

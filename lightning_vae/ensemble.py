@@ -186,7 +186,7 @@ class EnsembleVAE(pl.LightningModule):
         mean = {k: torch.stack([v[k] for v in self._val]).mean(0) for k in keys}
         self._member_log(mean)
         # The ensemble's own scalars: the spread of the members.
-        self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()})
+        self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()}, sync_dist=True)
 
     def _member_log(self, values: dict[str, Tensor]) -> None:
         writers = _member_writers(self.trainer, self.seeds)

@@ -159,7 +159,8 @@ class VAE(pl.LightningModule):
             # Lightning would put these at its own (K-step) batch count; use the x-axis of
             # the automatic path (the last optimizer step's index) instead.
             logged["step"] = float(self.global_step - 1)
-        self.log_dict(logged, on_step=False, on_epoch=True)
+        # Under DDP each rank saw its own shard: average over ranks.
+        self.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
         return terms.loss
 
     def _manual_steps(self, x: Tensor) -> Tensor:
