@@ -42,11 +42,17 @@ OBJECTIVES = {"elbo": ("seed_elbo.yaml", lambda: ELBO(kl_warmup_steps=500)),
               "spread": ("seed_spread.yaml", lambda: SpreadELBO(0.3, kl_warmup_steps=500))}
 
 
-def hand_loop(objective, batch_size: int, steps: int, warmup: int) -> float:
-    """Steps/s of the plain PyTorch loop."""
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def hand_loop(objective, batch_size: int, steps: int, warmup: int, device: str = "cpu",
+              n_train: int = 10_000) -> float:
+    """Steps/s of the plain PyTorch loop (data pre-materialised on ``device``)."""
     torch.manual_seed(0)
-    x = TwoClusters().sample(10_000, torch.Generator().manual_seed(1234))
-    net = DiscreteVAE(2, BernoulliLatent(), hidden=64, depth=2)
+    x = TwoClusters().sample(n_train, torch.Generator().manual_seed(1234)).to(device)
+    net = DiscreteVAE(2, BernoulliLatent(), hidden=64, depth=2).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -56,6 +62,7 @@ def hand_loop(objective, batch_size: int, steps: int, warmup: int) -> float:
         order = torch.randperm(len(x))
         for b in range(n_batches):
             if step == warmup:
+                _sync(device)
                 start = time.perf_counter()
             xb = x[order[b * batch_size:(b + 1) * batch_size]]
             loss = objective(xb, net, step=step).loss
@@ -66,6 +73,7 @@ def hand_loop(objective, batch_size: int, steps: int, warmup: int) -> float:
             step += 1
             if step == steps:
                 break
+    _sync(device)
     return (steps - warmup) / (time.perf_counter() - start)
 
 
@@ -75,20 +83,23 @@ class _StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, *args) -> None:
         if trainer.global_step >= self.warmup and self.start is None:
+            _sync(trainer.strategy.root_device.type)
             self.start, self.start_step = time.perf_counter(), trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
+        _sync(trainer.strategy.root_device.type)
         self.end, self.steps = time.perf_counter(), trainer.global_step
 
 
 def framework(config: str, batch_size: int, steps: int, warmup: int, validate: bool,
-              steps_per_batch: int = 1) -> float:
+              steps_per_batch: int = 1, device: str = "cpu", n_train: int = 10_000) -> float:
     """Steps/s of ``fit`` through the real CLI (in-process, so start-up is excluded)."""
     from lightning_vae.cli import build_cli
 
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--config", str(ROOT / "configs" / config), f"--data.batch_size={batch_size}",
-                f"--data.steps_per_batch={steps_per_batch}",
+                f"--data.steps_per_batch={steps_per_batch}", f"--data.n_train={n_train}",
+                f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.devices=1",
                 f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                 f"--trainer.logger.init_args.save_dir={tmp}", f"--trainer.default_root_dir={tmp}"]
@@ -113,6 +124,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--skip_wall", action="store_true", help="skip start-up and seed-config timings")
+    ap.add_argument("--n_train", type=int, default=10_000,
+                    help="training points (raise it for batch-size sweeps beyond 10,000)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where both loops run (cuda: data pre-materialised on the GPU for both)")
     ap.add_argument("--steps_per_batch", type=int, nargs="+", default=[1, 8],
                     help="framework variants: optimizer steps per Lightning step")
     args = ap.parse_args()
@@ -121,20 +136,23 @@ def main() -> None:
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning_vae").setLevel(logging.ERROR)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}")
     head = f"{'objective':<8} {'batch':>6} {'hand it/s':>10}"
     for k in args.steps_per_batch:
         head += f" {'fit K=' + str(k):>10} {'ratio':>6}"
     print(head + f" {'fit+val K=' + str(args.steps_per_batch[-1]):>14} {'ratio':>6}")
     for name, (config, make) in OBJECTIVES.items():
         for bs in args.batch_sizes:
-            hand = hand_loop(make(), bs, args.steps, args.warmup)
+            hand = hand_loop(make(), bs, args.steps, args.warmup, args.device, args.n_train)
             row = f"{name:<8} {bs:>6} {hand:>10.0f}"
             for k in args.steps_per_batch:
-                fit = framework(config, bs, args.steps, args.warmup, validate=False, steps_per_batch=k)
+                fit = framework(config, bs, args.steps, args.warmup, validate=False,
+                                steps_per_batch=k, device=args.device, n_train=args.n_train)
                 row += f" {fit:>10.0f} {fit / hand:>6.2f}"
             fit_val = framework(config, bs, args.steps, args.warmup, validate=True,
-                                steps_per_batch=args.steps_per_batch[-1])
+                                steps_per_batch=args.steps_per_batch[-1], device=args.device,
+                                n_train=args.n_train)
             print(row + f" {fit_val:>14.0f} {fit_val / hand:>6.2f}", flush=True)
     if args.skip_wall:
         return

@@ -182,7 +182,13 @@ class ManifoldDataModule(pl.LightningDataModule):
         return DataLoader(_Rows(x), sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_x, self.batch_size, shuffle=True)
+        x = self.train_x
+        trainer = self.trainer
+        if trainer is not None and x.device != trainer.strategy.root_device:
+            # The whole training split lives on the accelerator (it is small): batches are
+            # gathered there, with no host-to-device copy per step.
+            x = x.to(trainer.strategy.root_device)
+        return self._loader(x, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_x, self.eval_batch_size, shuffle=False)
