@@ -34,7 +34,7 @@ from lightning_vae.callbacks import SampleQuality, axis_name
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import LOGGER_DEFAULT, VAECLI, run_cli
 from lightning_vae.latents import BernoulliLatent
-from lightning_vae.model import EVAL_NOISE_SEED, cosine_schedule
+from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
 
@@ -198,13 +198,8 @@ class EnsembleVAE(pl.LightningModule):
                 w.add_scalar(k, v[m], self.global_step)
 
     def configure_optimizers(self):
-        params = self.parameters()
-        optimizer = self._optimizer(params) if self._optimizer else torch.optim.Adam(params, lr=1e-3)
-        if self.lr_schedule == "constant":
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total), "interval": "step"}}
+        return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule,
+                                lambda: max(1, int(self.trainer.estimated_stepping_batches)))
 
 
 class _MethodCaller(nn.Module):

@@ -28,6 +28,16 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total: int):
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
 
 
+def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: str, total_steps):
+    """``configure_optimizers``' answer: the optimizer (default Adam, lr 1e-3) and, for
+    "cosine", the schedule over ``total_steps()`` optimizer steps, stepped every step."""
+    optimizer = optimizer(params) if optimizer else torch.optim.Adam(params, lr=1e-3)
+    if lr_schedule == "constant":
+        return optimizer
+    return {"optimizer": optimizer,
+            "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total_steps()), "interval": "step"}}
+
+
 class VAE(pl.LightningModule):
     """A VAE with a Bernoulli latent, trained with the objective given in config.
 
@@ -225,10 +235,4 @@ class VAE(pl.LightningModule):
         return max(1, int(total))
 
     def configure_optimizers(self):
-        params = self.parameters()
-        optimizer = self._optimizer(params) if self._optimizer else torch.optim.Adam(params, lr=1e-3)
-        if self.lr_schedule == "constant":
-            return optimizer
-        total = self._total_steps()
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total), "interval": "step"}}
+        return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
