@@ -266,13 +266,18 @@ class DivergenceGuard(pl.Callback):
         self._grad_norm: Tensor | None = None
         self._bad_grads_at: int | None = None  # optimizer step of the first skipped step
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
+        self._params = list(pl_module.parameters())
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        params = getattr(self, "_params", None) or list(pl_module.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
         self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if not torch.isfinite(self._grad_norm):
-            for p in pl_module.parameters():
+            for p in params:
                 p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
             if self._bad_grads_at is None:
                 self._bad_grads_at = trainer.global_step
