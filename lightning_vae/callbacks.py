@@ -276,7 +276,7 @@ class DivergenceGuard(pl.Callback):
         if not grads:
             return
         self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if not torch.isfinite(self._grad_norm):
+        if not self._grad_norm.isfinite():
             for p in params:
                 p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
             if self._bad_grads_at is None:

@@ -140,9 +140,9 @@ class VAE(pl.LightningModule):
         self._noise_state = checkpoint.get("noise_generator_state")
         self._noise = None
 
-    def _train_terms(self, x: Tensor):
+    def _train_terms(self, x: Tensor, step: int):
         y = self.objective.perturb(x, self.noise_generator(x.device))
-        return self.objective.terms(y, self.net, step=self.global_step)
+        return self.objective.terms(y, self.net, step=step)
 
     def _log_train(self, terms, step: int | None = None) -> None:
         """Log the training terms. Automatic optimization: through ``self.log``, called only
@@ -182,8 +182,9 @@ class VAE(pl.LightningModule):
         # step, half a step's compute): with K > 1 those two hooks are not called.
         plain_backward = type(self.trainer.precision_plugin) is Precision
         losses = []
+        step = self.global_step  # counted here: Lightning's property walks its loop objects
         for xb in x if x.dim() == 3 else x[None]:
-            terms = self._train_terms(xb)
+            terms = self._train_terms(xb, step)
             optimizer.zero_grad(set_to_none=True)
             if plain_backward:
                 terms.loss.backward()
@@ -197,14 +198,15 @@ class VAE(pl.LightningModule):
                 scheduler.step()
             losses.append(terms.loss.detach())
             # The automatic path's convention: step t's terms at x = t, every n-th step.
-            if every and self.global_step % every == 0:
-                self._log_train(terms, step=self.global_step - 1)
+            if every and (step + 1) % every == 0:
+                self._log_train(terms, step=step)
+            step += 1
         return torch.stack(losses)  # (K,)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         if not self.automatic_optimization:
             return self._manual_steps(x)
-        terms = self._train_terms(x)
+        terms = self._train_terms(x, self.global_step)
         if self.trainer._logger_connector.should_update_logs:
             self._log_train(terms)
         return terms.loss
