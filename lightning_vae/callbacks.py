@@ -32,6 +32,25 @@ def _due_epoch(trainer: pl.Trainer, every: int) -> bool:
     return epoch % every == 0 or epoch == trainer.max_epochs or trainer.should_stop
 
 
+def decoder_scalars(loc: Tensor, scale: Tensor) -> dict[str, Tensor]:
+    """``decoder/std_<axis>_z<k>`` and ``decoder/loc_<axis>_z<k>`` from ``(..., K, D)``
+    decoder parameters: one entry per latent state and axis, keeping any leading dims
+    (an ensemble's members)."""
+    n_states, dim = loc.shape[-2:]
+    values = {}
+    for k in range(n_states):
+        for d in range(dim):
+            a = axis_name(d, dim)
+            values[f"decoder/std_{a}_z{k}"] = scale[..., k, d]
+            values[f"decoder/loc_{a}_z{k}"] = loc[..., k, d]
+    return values
+
+
+def _find(trainer: pl.Trainer, kind: type):
+    """The trainer's first callback of type ``kind``, or None."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
 def _passed(last: int, step: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in (last, step]."""
     return every > 0 and step // every > last // every
@@ -78,6 +97,7 @@ class DecoderVarianceMonitor(pl.Callback):
         self.collapse_ratio = collapse_ratio
         self.check_every_n_steps = check_every_n_steps
         self.collapse: dict | None = None  # step, axis, state, std of the first crossing
+        self._last_step = -1  # global step at the previous call (a call may span K steps)
 
     def state_dict(self) -> dict:
         return {"collapse": self.collapse}
@@ -89,7 +109,7 @@ class DecoderVarianceMonitor(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # A Lightning step may hold several optimizer steps (steps_per_batch): act when a
         # multiple of the cadence was passed since the last call.
-        step, last = trainer.global_step, getattr(self, "_last_step", -1)
+        step, last = trainer.global_step, self._last_step
         self._last_step = step
         log_now = _passed(last, step, trainer.log_every_n_steps)
         if not (log_now or _passed(last, step, self.check_every_n_steps)):
@@ -103,13 +123,8 @@ class DecoderVarianceMonitor(pl.Callback):
         if not log_now:
             return
         values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
-                  "decoder/min_likelihood_std_ratio": ratio}
-        dim = loc.shape[1]
-        for k in range(loc.shape[0]):
-            for d in range(dim):
-                a = axis_name(d, dim)
-                values[f"decoder/std_{a}_z{k}"] = float(scale[k, d])
-                values[f"decoder/loc_{a}_z{k}"] = float(loc[k, d])
+                  "decoder/min_likelihood_std_ratio": ratio,
+                  **{k: float(v) for k, v in decoder_scalars(loc, scale).items()}}
         if self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
         for logger in trainer.loggers:
@@ -265,13 +280,15 @@ class DivergenceGuard(pl.Callback):
         self.diverged: dict | None = None
         self._grad_norm: Tensor | None = None
         self._bad_grads_at: int | None = None  # optimizer step of the first skipped step
+        self._params: list[Tensor] = []
+        self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
         self._params = list(pl_module.parameters())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        params = getattr(self, "_params", None) or list(pl_module.parameters())
+        params = self._params or list(pl_module.parameters())
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
@@ -285,7 +302,7 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
         grad_norm = self._grad_norm
-        step, last = trainer.global_step, getattr(self, "_last_step", -1)
+        step, last = trainer.global_step, self._last_step
         self._last_step = step
         if _passed(last, step, trainer.log_every_n_steps) and grad_norm is not None:
             for logger in trainer.loggers:
@@ -323,7 +340,7 @@ class DivergenceGuard(pl.Callback):
         stds = "; ".join(f"{axis_name(i, dim)} " + ", ".join(f"{float(v):.3g}" for v in scale[:, i])
                          for i in range(dim))
         data = ", ".join(f"{axis_name(i, dim)} {float(axis_std[i]):.3g}" for i in range(dim))
-        monitor = next((c for c in trainer.callbacks if isinstance(c, DecoderVarianceMonitor)), None)
+        monitor = _find(trainer, DecoderVarianceMonitor)
         crossed = ""
         if monitor is not None and monitor.collapse is not None:
             c = monitor.collapse
@@ -391,18 +408,14 @@ class HParamsSummary(pl.Callback):
 
         cm = trainer.callback_metrics
         values = {f"hp/{k.replace('/', '_')}": float(cm[k]) for k in self.KEYS if k in cm}
-        monitor = next((c for c in trainer.callbacks if isinstance(c, DecoderVarianceMonitor)), None)
-        guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
+        monitor, guard = _find(trainer, DecoderVarianceMonitor), _find(trainer, DivergenceGuard)
         collapse = monitor.collapse if monitor is not None else None
         values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
         values["hp/diverged"] = float(guard is not None and guard.diverged is not None)
-        params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                  for k, v in _flatten(dict(pl_module.hparams)).items() if not k.startswith("_")}
+        params = _plain_params(pl_module.hparams)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None:
-            params.update({f"data/{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
-                           for k, v in _flatten(dict(datamodule.hparams)).items()
-                           if not k.startswith("_")})
+            params.update(_plain_params(datamodule.hparams, prefix="data/"))
         # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
         params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
         exp, ssi, sei = hparams(params, values)
@@ -414,14 +427,17 @@ class HParamsSummary(pl.Callback):
         writer.flush()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def _plain_params(hparams, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Nested hyperparameters as flat ``a/b/c`` keys with values TensorBoard accepts;
+    private keys (``_instantiator``) left out."""
     out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
+    for k, v in dict(hparams).items():
+        if k.startswith("_"):
+            continue
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}/"))
+            out.update(_plain_params(v, f"{prefix}{k}/"))
         else:
-            out[key] = v if v is not None else "None"
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
 
 

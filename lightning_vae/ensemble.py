@@ -24,13 +24,12 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from pytorch_lightning.callbacks import ModelCheckpoint
-
-from lightning_vae.callbacks import SampleQuality, axis_name
+from lightning_vae.callbacks import SampleQuality, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import LOGGER_DEFAULT, VAECLI, run_cli
 from lightning_vae.latents import BernoulliLatent
@@ -48,12 +47,6 @@ class _Scorer(nn.Module):
 
     def forward(self, y: Tensor, step: int | None):
         return self.objective.terms(y, self.net, step=step)
-
-    def decoder_params(self):
-        return self.net.decoder_params()
-
-    def log_px(self, x: Tensor) -> Tensor:
-        return self.net.log_px(x)
 
 
 class EnsembleVAE(pl.LightningModule):
@@ -110,7 +103,8 @@ class EnsembleVAE(pl.LightningModule):
         return dict(zip(self._names, self.stacked))
 
     def _vmapped(self, method: str, *shared: Tensor):
-        """``_Scorer.<method>(*shared)`` for every member's weights, stacked on dim 0."""
+        """``_Scorer``'s (dotted) ``method(*shared)`` for every member's weights, stacked on
+        dim 0; e.g. ``"net.log_px"``."""
         caller = _MethodCaller(self._template[0], method)
 
         def one(params):
@@ -124,11 +118,11 @@ class EnsembleVAE(pl.LightningModule):
 
     def decoder_params(self) -> tuple[Tensor, Tensor]:
         """Decoder loc and std of every member, ``(M, K, D)`` each."""
-        return self._vmapped("decoder_params")
+        return self._vmapped("net.decoder_params")
 
     def log_px(self, x: Tensor) -> Tensor:
         """Exact log p(x) of every member on shared data ``x`` ``(B, D)``, ``(M, B)``."""
-        return self._vmapped("log_px", x)
+        return self._vmapped("net.log_px", x)
 
     def member(self, m: int) -> DiscreteVAE:
         """Member ``m`` as a plain ``DiscreteVAE`` (a copy with its weights)."""
@@ -203,12 +197,17 @@ class EnsembleVAE(pl.LightningModule):
 
 
 class _MethodCaller(nn.Module):
+    """Calls ``inner.<dotted method>`` as its forward, so ``functional_call`` can run it."""
+
     def __init__(self, inner: nn.Module, method: str) -> None:
         super().__init__()
         self.inner, self.method = inner, method
 
     def forward(self, *args):
-        return getattr(self.inner, self.method)(*args)
+        target = self.inner
+        for name in self.method.split("."):
+            target = getattr(target, name)
+        return target(*args)
 
 
 _WRITERS: dict[tuple[str, tuple[int, ...]], list] = {}
@@ -269,12 +268,8 @@ class EnsembleMonitor(pl.Callback):
                 self.collapse_step[m] = step
         if step % trainer.log_every_n_steps:
             return
-        dim = loc.shape[2]
-        values = {"decoder/min_likelihood_std_ratio": torch.tensor(ratio)}
-        for k in range(loc.shape[1]):
-            for d in range(dim):
-                values[f"decoder/std_{axis_name(d, dim)}_z{k}"] = scale[:, k, d]
-                values[f"decoder/loc_{axis_name(d, dim)}_z{k}"] = loc[:, k, d]
+        values = {"decoder/min_likelihood_std_ratio": torch.tensor(ratio),
+                  **decoder_scalars(loc, scale)}
         values["decoder/collapse_step"] = torch.tensor(
             [math.nan if c is None else c for c in self.collapse_step])
         pl_module._member_log(values)
@@ -292,18 +287,14 @@ class EnsembleMonitor(pl.Callback):
 
     @torch.no_grad()
     def on_fit_end(self, trainer, pl_module) -> None:
-        from lightning_vae.report import recovered_both_modes
+        from lightning_vae.report import decoder_summary, recovered_both_modes
 
         rows = self._quality(trainer, pl_module)
         loc, scale = pl_module.decoder_params()
         centres = getattr(trainer.datamodule.manifold, "centres", None)
         summary = []
         for m, seed in enumerate(pl_module.seeds):
-            dim = loc.shape[2]
-            row = {"seed": seed,
-                   "loc": {f"z{k}": loc[m, k].tolist() for k in range(loc.shape[1])},
-                   "std": {f"z{k}": {axis_name(d, dim): float(scale[m, k, d]) for d in range(dim)}
-                           for k in range(loc.shape[1])},
+            row = {"seed": seed, **decoder_summary(loc[m], scale[m]),
                    "collapse_step": (self.collapse_step or [None] * len(pl_module.seeds))[m],
                    **rows[m]}
             if centres is not None:

@@ -41,6 +41,14 @@ def _load(run_dir: Path):
     return model, ManifoldDataModule.load_from_checkpoint(ckpt)
 
 
+def decoder_summary(loc: torch.Tensor, scale: torch.Tensor) -> dict:
+    """``{"loc": {"z0": [..], ..}, "std": {"z0": {"x": .., "y": ..}, ..}}`` from ``(K, D)``."""
+    dim = loc.shape[1]
+    return {"loc": {f"z{k}": [float(v) for v in loc[k]] for k in range(len(loc))},
+            "std": {f"z{k}": {axis_name(d, dim): float(scale[k, d]) for d in range(dim)}
+                    for k in range(len(scale))}}
+
+
 def summarize(run_dir: str | Path) -> dict:
     """Numbers that tell a run's story: final loss, decoder params, quality, collapse."""
     run_dir = Path(run_dir)
@@ -51,7 +59,6 @@ def summarize(run_dir: str | Path) -> dict:
         loc, scale = model.decoder_params()
         quality = SampleQuality(n_samples=2000).compute(model, dm)
         log_px = float(model.log_px(dm.val_x).mean())
-    dim = loc.shape[1]
     out = {
         "run": str(run_dir),
         "objective": repr(model.objective),
@@ -62,9 +69,7 @@ def summarize(run_dir: str | Path) -> dict:
         "val_log_px": log_px,
         "collapse_step": int(scalars["decoder/collapse_step"][-1][1])
         if "decoder/collapse_step" in scalars else None,
-        "loc": {f"z{k}": [float(v) for v in loc[k]] for k in range(len(loc))},
-        "std": {f"z{k}": {axis_name(d, dim): float(scale[k, d]) for d in range(dim)}
-                for k in range(len(scale))},
+        **decoder_summary(loc, scale),
         **quality,
     }
     return out
