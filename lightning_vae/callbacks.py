@@ -85,8 +85,9 @@ class DecoderVarianceMonitor(pl.Callback):
     Args:
         collapse_ratio: threshold relative to the data scale (1e-2: two orders of
             magnitude below it, ten times below the seed's cluster std of 0.1).
-        check_every_n_steps: how often the threshold is checked (scalars are logged every
-            ``trainer.log_every_n_steps``).
+        check_every_n_steps: how often the threshold is checked, in optimizer steps (before
+            the step; also at every logging step). Scalars are logged every
+            ``trainer.log_every_n_steps``.
     """
 
     def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1) -> None:
@@ -106,22 +107,29 @@ class DecoderVarianceMonitor(pl.Callback):
         self.collapse = state_dict.get("collapse")
 
     @torch.no_grad()
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # Before every optimizer step, also inside a K-step batch (steps_per_batch): the
+        # weights after global_step steps, so the collapse step is exact at any K.
+        step = trainer.global_step
+        if self.collapse is None and step % self.check_every_n_steps == 0:
+            # The step's own forward pass scored it (a second decoder pass cost ~8% of a step).
+            lik_scale = getattr(pl_module, "step_likelihood_scale", None)
+            if lik_scale is None:
+                lik_scale = pl_module.likelihood_scale(pl_module.decoder_params()[1])
+            self._check(trainer, step, lik_scale)
+
+    @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # A Lightning step may hold several optimizer steps (steps_per_batch): act when a
-        # multiple of the cadence was passed since the last call.
+        # A Lightning step may hold several optimizer steps (steps_per_batch): log when a
+        # multiple of the logging interval was passed since the last call.
         step, last = trainer.global_step, self._last_step
         self._last_step = step
-        log_now = _passed(last, step, trainer.log_every_n_steps)
-        if not (log_now or _passed(last, step, self.check_every_n_steps)):
+        if not _passed(last, step, trainer.log_every_n_steps):
             return
         loc, scale = pl_module.decoder_params()  # (K, D)
         lik_scale = pl_module.likelihood_scale(scale)
+        ratio = self._check(trainer, step, lik_scale)
         data_scale = trainer.datamodule.data_scale
-        ratio = float(lik_scale.min()) / data_scale
-        if self.collapse is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
-            self._record(trainer, step, lik_scale, data_scale)
-        if not log_now:
-            return
         values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
                   **{k: float(v) for k, v in decoder_scalars(loc, scale).items()}}
@@ -129,6 +137,14 @@ class DecoderVarianceMonitor(pl.Callback):
             values["decoder/collapse_step"] = self.collapse["step"]
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
+
+    def _check(self, trainer, step: int, lik_scale: Tensor) -> float:
+        """Record the first collapse; return min likelihood std / data scale."""
+        data_scale = trainer.datamodule.data_scale
+        ratio = float(lik_scale.min()) / data_scale
+        if self.collapse is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
+            self._record(trainer, step, lik_scale, data_scale)
+        return ratio
 
     def _record(self, trainer, step: int, lik_scale: Tensor, data_scale: float) -> None:
         k, d = divmod(int(torch.nan_to_num(lik_scale, nan=0.0).argmin()), lik_scale.shape[1])
@@ -278,10 +294,9 @@ class DivergenceGuard(pl.Callback):
 
     def __init__(self) -> None:
         self.diverged: dict | None = None
-        self._grad_norm: Tensor | None = None
+        self._grad_norm: float | None = None
         self._bad_grads_at: int | None = None  # optimizer step of the first skipped step
         self._params: list[Tensor] = []
-        self._last_step = -1
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
@@ -292,21 +307,22 @@ class DivergenceGuard(pl.Callback):
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return
-        self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if not self._grad_norm.isfinite():
+        # One float: the per-tensor norms fused, then a single host read (~11 us a step).
+        self._grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        if every and (step + 1) % every == 0:  # at x = step, like the step's train/loss
+            for logger in trainer.loggers:
+                logger.log_metrics({"train/grad_norm": self._grad_norm}, step=step)
+        if not math.isfinite(self._grad_norm):
             for p in params:
                 p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
             if self._bad_grads_at is None:
                 self._bad_grads_at = trainer.global_step
+            trainer.should_stop = True  # also ends a K-step batch here, on finite weights
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
         grad_norm = self._grad_norm
-        step, last = trainer.global_step, self._last_step
-        self._last_step = step
-        if _passed(last, step, trainer.log_every_n_steps) and grad_norm is not None:
-            for logger in trainer.loggers:
-                logger.log_metrics({"train/grad_norm": float(grad_norm)}, step=step)
         if self.diverged is not None:
             return
         bad_loss = loss is not None and not bool(torch.isfinite(loss).all())

@@ -29,13 +29,14 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_vae.callbacks import SampleQuality, decoder_scalars
+from lightning_vae.callbacks import SampleQuality, _passed, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
-from lightning_vae.cli import LOGGER_DEFAULT, VAECLI, run_cli
+from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, run_cli
 from lightning_vae.latents import BernoulliLatent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.steps import KStepTraining
 
 
 class _Scorer(nn.Module):
@@ -45,11 +46,11 @@ class _Scorer(nn.Module):
         super().__init__()
         self.net, self.objective = net, objective
 
-    def forward(self, y: Tensor, step: int | None):
-        return self.objective.terms(y, self.net, step=step)
+    def forward(self, y: Tensor, step: int | None, values: bool = True):
+        return self.objective.terms(y, self.net, step=step, values=values)
 
 
-class EnsembleVAE(pl.LightningModule):
+class EnsembleVAE(KStepTraining, pl.LightningModule):
     """M copies of ``VAE`` with different seeds, trained in one vmapped step.
 
     Args:
@@ -61,6 +62,9 @@ class EnsembleVAE(pl.LightningModule):
         depth: as for ``VAE``.
         optimizer: as for ``VAE``; one optimizer over the stacked weights.
         lr_schedule: as for ``VAE``.
+        steps_per_batch: as for ``VAE`` (linked from the datamodule, which then serves
+            ``(K, M, B, D)`` batches).
+        gradient_clip: as for ``VAE``: clips the norm of all members' gradients together.
     """
 
     def __init__(
@@ -73,6 +77,8 @@ class EnsembleVAE(pl.LightningModule):
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
+        steps_per_batch: int = 1,
+        gradient_clip: float | None = None,
     ) -> None:
         super().__init__()
         seeds = list(range(10)) if seeds is None else list(seeds)
@@ -80,8 +86,14 @@ class EnsembleVAE(pl.LightningModule):
             raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if steps_per_batch < 1:
+            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+        if gradient_clip is not None and not gradient_clip > 0:
+            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
         self.save_hyperparameters()
         self.seeds = seeds
+        self.steps_per_batch, self.gradient_clip = steps_per_batch, gradient_clip
+        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
         latent = latent or BernoulliLatent()
         members = []
@@ -96,6 +108,7 @@ class EnsembleVAE(pl.LightningModule):
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
         self._noise: list[torch.Generator] | None = None
         self._noise_states: list[Tensor] | None = None  # from a checkpoint, applied lazily
+        self.step_likelihood_scale: Tensor | None = None  # as VAE's, per member
 
     # --- vmapped maths ----------------------------------------------------------------
 
@@ -112,9 +125,10 @@ class EnsembleVAE(pl.LightningModule):
 
         return vmap(one)(self._params())
 
-    def member_terms(self, y: Tensor, step: int | None):
+    def member_terms(self, y: Tensor, step: int | None, values: bool = True):
         """Objective terms of each member on its own data ``y`` ``(M, B, D)``."""
-        return vmap(lambda p, ym: functional_call(self._template[0], p, (ym, step)))(self._params(), y)
+        return vmap(lambda p, ym: functional_call(self._template[0], p, (ym, step, values)))(
+            self._params(), y)
 
     def decoder_params(self) -> tuple[Tensor, Tensor]:
         """Decoder loc and std of every member, ``(M, K, D)`` each."""
@@ -149,17 +163,30 @@ class EnsembleVAE(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._noise_states, self._noise = checkpoint.get("noise_generator_states"), None
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        if x.dim() != 3 or x.shape[0] != len(self.seeds):
-            raise ValueError(f"an ensemble of {len(self.seeds)} needs (M, B, D) batches, got "
-                             f"{tuple(x.shape)}: set data.member_seeds to the model's seeds")
+    def _train_terms(self, x: Tensor, step: int, values: bool = True):
+        """Every member's terms on its own batch ``x`` ``(M, B, D)``."""
         # Each member's noise from its own generator, as in its single run.
         y = torch.stack([self.objective.perturb(x[m], g)
                          for m, g in enumerate(self._generators(x.device))])  # (M, B, D)
-        terms = self.member_terms(y, self.global_step)
-        if self.trainer._logger_connector.should_update_logs:
-            self._member_log({"train/loss": terms.loss.detach(),
-                              **{f"train/{k}": v for k, v in terms.values.items()}})
+        terms = self.member_terms(y, step, values)
+        self.step_likelihood_scale = terms.scale  # (M, K, D), for the monitor
+        return terms
+
+    def _log_train(self, terms, step: int | None = None) -> None:
+        self._member_log({"train/loss": terms.loss.detach(),
+                          **{f"train/{k}": v for k, v in terms.values.items()}}, step)
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        member_dim = 1 if self.steps_per_batch > 1 else 0  # (K, M, B, D) or (M, B, D)
+        if x.dim() != 3 + member_dim or x.shape[member_dim] != len(self.seeds):
+            raise ValueError(f"an ensemble of {len(self.seeds)} needs (M, B, D) batches, got "
+                             f"{tuple(x.shape)}: set data.member_seeds to the model's seeds")
+        if not self.automatic_optimization:
+            return self._k_steps(x)
+        log_now = self.trainer._logger_connector.should_update_logs
+        terms = self._train_terms(x, self.global_step, values=log_now)
+        if log_now:
+            self._log_train(terms)
         return terms.loss.sum()
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
@@ -182,18 +209,20 @@ class EnsembleVAE(pl.LightningModule):
         # The ensemble's own scalars: the spread of the members.
         self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()}, sync_dist=True)
 
-    def _member_log(self, values: dict[str, Tensor]) -> None:
+    def _member_log(self, values: dict[str, Tensor], step: int | None = None) -> None:
+        """Write ``(M,)`` values, one per member's TensorBoard run, at x = ``step``
+        (default: the global step)."""
         writers = _member_writers(self.trainer, self.seeds)
         if writers is None:
             return
+        step = self.global_step if step is None else step
         host = {k: v.float().cpu().tolist() for k, v in values.items()}
         for m, w in enumerate(writers):
             for k, v in host.items():
-                w.add_scalar(k, v[m], self.global_step)
+                w.add_scalar(k, v[m], step)
 
     def configure_optimizers(self):
-        return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule,
-                                lambda: max(1, int(self.trainer.estimated_stepping_batches)))
+        return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
 
 
 class _MethodCaller(nn.Module):
@@ -254,24 +283,34 @@ class EnsembleMonitor(pl.Callback):
         self.collapse_ratio, self.quality_every_n_epochs = collapse_ratio, quality_every_n_epochs
         self.quality = SampleQuality(n_samples=n_samples)
         self.collapse_step: list[int | None] | None = None
+        self._last_step = -1  # global step at the previous batch end (a batch may span K steps)
 
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # Before every optimizer step (also inside a K-step batch): the step's own forward
+        # pass scored the weights after global_step steps, the single-run monitor's label.
+        # (A vmapped decoder pass here every step cost ~1 ms.)
         step = trainer.global_step
         if self.collapse_step is None:
             self.collapse_step = [None] * len(pl_module.seeds)
-        loc, scale = pl_module.decoder_params()  # (M, K, D)
-        ratio = (pl_module.objective.likelihood_scale(scale).amin(dim=(1, 2))
-                 / trainer.datamodule.data_scale).tolist()
-        for m, r in enumerate(ratio):
+        lik_scale = pl_module.step_likelihood_scale  # (M, K, D)
+        if lik_scale is None or None not in self.collapse_step:
+            return
+        ratios = (lik_scale.amin(dim=(1, 2)) / trainer.datamodule.data_scale).tolist()
+        for m, r in enumerate(ratios):
             if self.collapse_step[m] is None and not r >= self.collapse_ratio:
                 self.collapse_step[m] = step
-        if step % trainer.log_every_n_steps:
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, last = trainer.global_step, self._last_step
+        self._last_step = step
+        if not _passed(last, step, trainer.log_every_n_steps):
             return
-        values = {"decoder/min_likelihood_std_ratio": torch.tensor(ratio),
-                  **decoder_scalars(loc, scale)}
+        loc, scale = pl_module.decoder_params()  # (M, K, D)
+        ratio = pl_module.objective.likelihood_scale(scale).amin(dim=(1, 2)) / trainer.datamodule.data_scale
+        values = {"decoder/min_likelihood_std_ratio": ratio, **decoder_scalars(loc, scale)}
         values["decoder/collapse_step"] = torch.tensor(
-            [math.nan if c is None else c for c in self.collapse_step])
+            [math.nan if c is None else c for c in self.collapse_step or [None] * len(pl_module.seeds)])
         pl_module._member_log(values)
 
     def _quality(self, trainer, pl_module) -> list[dict[str, float]]:
@@ -316,10 +355,12 @@ class EnsembleCLI(VAECLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
         parser.link_arguments("model.seeds", "data.member_seeds")
+        parser.link_arguments("data.steps_per_batch", "model.steps_per_batch")
         parser.add_lightning_class_args(EnsembleMonitor, "ensemble_monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0, **LOGGER_DEFAULT,
-                             "model.seeds": list(range(10))})
+                             "model.seeds": list(range(10)),
+                             "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH})
 
 
 def main(args: list[str] | None = None) -> None:

@@ -8,12 +8,12 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import OptimizerCallable
-from pytorch_lightning.plugins.precision import Precision
 from torch import Tensor
 
 from lightning_vae.latents import BernoulliLatent
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.steps import KStepTraining
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
 
@@ -38,7 +38,7 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
             "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total_steps()), "interval": "step"}}
 
 
-class VAE(pl.LightningModule):
+class VAE(KStepTraining, pl.LightningModule):
     """A VAE with a Bernoulli latent, trained with the objective given in config.
 
     Args:
@@ -95,6 +95,9 @@ class VAE(pl.LightningModule):
         self.noise_seed = int(torch.initial_seed())
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None  # restored from a checkpoint, applied lazily
+        # The likelihood std (K, D) scored by the current training step, i.e. at the weights
+        # before its optimizer step (None before the first step): read by the monitor.
+        self.step_likelihood_scale: Tensor | None = None
 
     # --- public API -------------------------------------------------------------------
 
@@ -140,21 +143,23 @@ class VAE(pl.LightningModule):
         self._noise_state = checkpoint.get("noise_generator_state")
         self._noise = None
 
-    def _train_terms(self, x: Tensor, step: int):
+    def _train_terms(self, x: Tensor, step: int, values: bool = True):
         y = self.objective.perturb(x, self.noise_generator(x.device))
-        return self.objective.terms(y, self.net, step=step)
+        terms = self.objective.terms(y, self.net, step=step, values=values)
+        self.step_likelihood_scale = terms.scale
+        return terms
 
     def _log_train(self, terms, step: int | None = None) -> None:
         """Log the training terms. Automatic optimization: through ``self.log``, called only
         on the steps the logger writes (each ``self.log`` cost ~0.6 ms under cProfile, more
         than a step). Manual (K steps per Lightning step): written straight to the loggers at
-        optimizer step ``step``, since Lightning writes only once per K steps."""
+        optimizer step ``step``, since Lightning writes only once per K steps (the progress bar's
+        loss is then set once per Lightning step by the caller)."""
         values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
         if step is None:
             self.log("train/loss", values.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False)
             self.log_dict(values, on_step=True, on_epoch=False)
             return
-        self.log("train/loss", values["train/loss"], prog_bar=True, logger=False)
         scalars = {k: float(v) for k, v in values.items()}
         for logger in self.loggers:
             logger.log_metrics(scalars, step=step)
@@ -173,41 +178,12 @@ class VAE(pl.LightningModule):
         self.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
         return terms.loss
 
-    def _manual_steps(self, x: Tensor) -> Tensor:
-        """K optimizer steps, one per batch of ``x`` ``(K, B, D)`` (or ``(B, D)``)."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        every = self.trainer.log_every_n_steps
-        # In full precision, backward needs none of what manual_backward adds (loss scaling),
-        # only two more rounds of hooks over every callback (a round over this CLI's eight
-        # callbacks measured ~25 us): with K > 1 on_before/after_backward are not called.
-        plain_backward = type(self.trainer.precision_plugin) is Precision
-        losses = []
-        step = self.global_step  # counted here: Lightning's property walks its loop objects
-        for xb in x if x.dim() == 3 else x[None]:
-            terms = self._train_terms(xb, step)
-            optimizer.zero_grad(set_to_none=True)
-            if plain_backward:
-                terms.loss.backward()
-            else:
-                self.manual_backward(terms.loss)
-            if self.gradient_clip is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            losses.append(terms.loss.detach())
-            # The automatic path's convention: step t's terms at x = t, every n-th step.
-            if every and (step + 1) % every == 0:
-                self._log_train(terms, step=step)
-            step += 1
-        return torch.stack(losses)  # (K,)
-
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         if not self.automatic_optimization:
-            return self._manual_steps(x)
-        terms = self._train_terms(x, self.global_step)
-        if self.trainer._logger_connector.should_update_logs:
+            return self._k_steps(x)
+        log_now = self.trainer._logger_connector.should_update_logs
+        terms = self._train_terms(x, self.global_step, values=log_now)
+        if log_now:
             self._log_train(terms)
         return terms.loss
 
@@ -220,21 +196,6 @@ class VAE(pl.LightningModule):
     def predict_step(self, x: Tensor, batch_idx: int) -> dict[str, Tensor]:
         """Per point: the input, q(z=1|x) and the exact log p(x)."""
         return {"x": x, "q_z": self.net.log_q(x).exp(), "log_px": self.net.log_px(x)}
-
-    def _total_steps(self) -> int:
-        """Optimizer steps of the whole run (what the cosine schedule spans)."""
-        trainer = self.trainer
-        if self.automatic_optimization:
-            total = trainer.estimated_stepping_batches
-        else:  # Lightning counts K-step batches; count the optimizer steps
-            per_epoch = trainer.datamodule.steps_per_epoch(trainer.world_size)
-            total = per_epoch * trainer.max_epochs if trainer.max_epochs > 0 else math.inf
-            if trainer.max_steps != -1:
-                total = min(total, trainer.max_steps)
-        if not math.isfinite(total):
-            raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_epochs "
-                             "or trainer.max_steps, or use lr_schedule 'constant'")
-        return max(1, int(total))
 
     def configure_optimizers(self):
         return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)

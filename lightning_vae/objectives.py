@@ -2,17 +2,20 @@
 
 Every objective is a small object with one contract::
 
-    terms = objective(x, vae, generator=None, step=None)
+    terms = objective(x, vae, generator=None, step=None, values=True)
     terms.loss      # scalar to minimise (mean over the batch)
-    terms.values    # named scalar terms to log, e.g. {"elbo": ..., "kl": ...}
+    terms.values    # named scalar terms to log, e.g. {"elbo": ..., "kl": ...} ({} if not values)
+    terms.scale     # std of the likelihood scored, per latent state and axis (K, D)
 
-which is ``objective.terms(objective.perturb(x, generator), vae, step)``: ``perturb``
+which is ``objective.terms(objective.perturb(x, generator), vae, step, values)``: ``perturb``
 holds all the randomness (the spread noise), ``terms`` is deterministic, so an ensemble
 can draw each member's noise from its own generator and vmap ``terms`` over members.
 
 ``vae`` is any module with ``log_q(x)`` ``(B, K)``, ``log_prior(x)`` ``(K,)`` and
 ``decoder_params(x)`` -> (loc, scale) ``(K, D)`` (see ``nets.DiscreteVAE``). ``step`` is
 the training step (``None`` in evaluation, where the loss is always the full objective).
+``values=False`` skips the logged terms (a training step that is not logged needs only the
+loss; they cost ~5% of a step).
 A new objective needs no change to the LightningModule.
 
 KL warm-up. Both objectives take ``kl_warmup_steps``: the KL term of the loss is weighted
@@ -39,18 +42,23 @@ LOG_2PI = math.log(2 * math.pi)
 class Terms(NamedTuple):
     loss: Tensor
     values: dict[str, Tensor]
+    # The std of the likelihood that was scored, per latent state and axis, ``(K, D)``,
+    # detached: the decoder's for the ELBO, the convolved one for the spread ELBO. Free
+    # with every step, so monitors need no second decoder pass.
+    scale: Tensor | None = None
 
 
 class Objective(Protocol):
     def __call__(
-        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
+        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
+        values: bool = True,
     ) -> Terms: ...
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The data the objective scores (all its randomness is here)."""
         ...
 
-    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
         """Loss and terms of perturbed data ``y`` (deterministic)."""
         ...
 
@@ -98,8 +106,10 @@ def _convolved_scale(scale: Tensor, noise_std: float) -> Tensor:
     return torch.hypot(scale, scale.new_tensor(noise_std))
 
 
-def _terms(x_in: Tensor, vae, noise_std: float, prefix: str, beta: float | None) -> Terms:
-    """Loss and terms; ``beta`` weights the KL in training (``None``: evaluation, beta = 1)."""
+def _terms(x_in: Tensor, vae, noise_std: float, prefix: str, beta: float | None,
+           values: bool = True) -> Terms:
+    """Loss and terms; ``beta`` weights the KL in training (``None``: evaluation, beta = 1);
+    the logged terms only if ``values``."""
     log_q = vae.log_q(x_in)  # (B, K)
     loc, scale = vae.decoder_params(x_in)  # (K, D)
     if noise_std > 0:
@@ -107,19 +117,21 @@ def _terms(x_in: Tensor, vae, noise_std: float, prefix: str, beta: float | None)
     log_lik = gaussian_log_lik(x_in, loc, scale)
     log_prior = vae.log_prior(x_in)
     t = elbo_terms(log_q, log_prior, log_lik)
-    values = {
-        f"{prefix}elbo": t["elbo"].mean(),
-        "rec": t["rec"].mean(),
-        "kl": t["kl"].mean(),
-        f"{prefix}log_px": log_marginal(log_prior, log_lik).mean(),
-    }
     if beta is None or beta == 1.0:
         loss = -t["elbo"].mean()
     else:
         loss = -(t["rec"] - beta * t["kl"]).mean()
-    if beta is not None:
-        values["kl_weight"] = torch.tensor(beta)
-    return Terms(loss=loss, values={k: v.detach() for k, v in values.items()})
+    logged = {}
+    if values:
+        logged = {
+            f"{prefix}elbo": t["elbo"].mean(),
+            "rec": t["rec"].mean(),
+            "kl": t["kl"].mean(),
+            f"{prefix}log_px": log_marginal(log_prior, log_lik).mean(),
+        }
+        if beta is not None:
+            logged["kl_weight"] = torch.tensor(beta)
+    return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()}, scale=scale.detach())
 
 
 def _check_warmup(kl_warmup_steps: int) -> int:
@@ -143,16 +155,17 @@ class ELBO:
         self.kl_warmup_steps = _check_warmup(kl_warmup_steps)
 
     def __call__(
-        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
+        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
+        values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator), vae, step)
+        return self.terms(self.perturb(x, generator), vae, step, values)
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The ELBO sees the clean data."""
         return x
 
-    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
-        return _terms(y, vae, 0.0, "", kl_weight(step, self.kl_warmup_steps))
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
+        return _terms(y, vae, 0.0, "", kl_weight(step, self.kl_warmup_steps), values)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return scale
@@ -183,9 +196,10 @@ class SpreadELBO:
         self.kl_warmup_steps = _check_warmup(kl_warmup_steps)
 
     def __call__(
-        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None
+        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
+        values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator), vae, step)
+        return self.terms(self.perturb(x, generator), vae, step, values)
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """y = x + noise_std * eps, eps ~ N(0, I) drawn from ``generator`` (fresh each call)."""
@@ -196,9 +210,9 @@ class SpreadELBO:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
         return x + self.noise_std * noise.to(x.device)  # (B, D)
 
-    def terms(self, y: Tensor, vae, step: int | None = None) -> Terms:
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
         """Spread ELBO terms of already-spread data ``y``."""
-        return _terms(y, vae, self.noise_std, "spread_", kl_weight(step, self.kl_warmup_steps))
+        return _terms(y, vae, self.noise_std, "spread_", kl_weight(step, self.kl_warmup_steps), values)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return _convolved_scale(scale, self.noise_std) if self.noise_std > 0 else scale

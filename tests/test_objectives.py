@@ -295,6 +295,18 @@ def test_loss_carries_gradient_values_do_not():
     assert not any(v.requires_grad for v in t.values.values())
 
 
+@pytest.mark.parametrize("objective", [ELBO(kl_warmup_steps=100), SpreadELBO(0.3, kl_warmup_steps=100)])
+def test_values_off_changes_nothing_but_the_values(objective):
+    """values=False (an unlogged training step) skips the logged terms only."""
+    vae, x = make_vae(), make_x()
+    y = objective.perturb(x, torch.Generator().manual_seed(0))
+    full, bare = objective.terms(y, vae, step=50), objective.terms(y, vae, step=50, values=False)
+    assert full.values and bare.values == {}
+    assert torch.equal(full.loss, bare.loss) and torch.equal(full.scale, bare.scale)
+    # The scale is the likelihood's: the decoder's, convolved with the noise for spread.
+    torch.testing.assert_close(full.scale, objective.likelihood_scale(vae.decoder_params(y)[1]))
+
+
 @pytest.mark.parametrize("make", [lambda: ELBO(kl_warmup_steps=-1),
                                   lambda: SpreadELBO(kl_warmup_steps=-1)])
 def test_negative_warmup_raises(make):

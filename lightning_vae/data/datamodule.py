@@ -34,8 +34,9 @@ class _Batches(Sampler):
     rank gets the same number of batches (unequal counts would hang the gradient
     all-reduce): training drops the batches left over, evaluation wraps around to the
     first batches (as ``DistributedSampler`` pads). With ``group > 1`` consecutive batches
-    are served ``group`` at a time, ``(group, B)`` (the last group of an epoch may be
-    smaller): the same batches in the same order, fewer trips through the loader.
+    are served ``group`` at a time, ``(group, B)`` or an ensemble's ``(group, M, B)`` (the
+    last group of an epoch may be smaller): the same batches in the same order, fewer
+    trips through the loader.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
@@ -75,7 +76,7 @@ class _Batches(Sampler):
             yield from batches
             return
         for j in range(0, len(batches), self.group):
-            yield torch.stack(batches[j : j + self.group])  # (K, B)
+            yield torch.stack(batches[j : j + self.group])  # (K, B), or (K, M, B) for an ensemble
 
 
 class ManifoldDataModule(pl.LightningDataModule):
@@ -96,7 +97,8 @@ class ManifoldDataModule(pl.LightningDataModule):
             at construction, i.e. the run's ``seed_everything`` value.
         member_seeds: for an ensemble (``python -m lightning_vae.ensemble``; linked from
             ``model.seeds``): training batches become ``(M, B, D)``, member m shuffled as a
-            single run with ``shuffle_seed = member_seeds[m]``.
+            single run with ``shuffle_seed = member_seeds[m]`` (``(K, M, B, D)`` with
+            ``steps_per_batch`` K > 1).
         steps_per_batch: serve this many consecutive training batches at once, ``(K, B, D)``;
             the model takes one optimizer step per batch (K steps per Lightning step), so
             Lightning's per-step overhead is paid once per K steps. Same batches, same order,
@@ -135,9 +137,6 @@ class ManifoldDataModule(pl.LightningDataModule):
             raise ValueError("member_seeds must be a non-empty list of seeds or null, got []")
         if steps_per_batch < 1:
             raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-        if steps_per_batch > 1 and member_seeds is not None:
-            raise ValueError("steps_per_batch must be 1 for an ensemble (member_seeds set), "
-                             f"got {steps_per_batch}")
         self.member_seeds, self.steps_per_batch = member_seeds, steps_per_batch
         self.train_x: Tensor | None = None
         self.val_x: Tensor | None = None
