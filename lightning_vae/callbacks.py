@@ -17,6 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from lightning_vae import metrics
+from lightning_vae.scalars import log_scalars, write_scalars
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ class DecoderVarianceMonitor(pl.Callback):
                   **{k: float(v) for k, v in decoder_scalars(loc, scale).items()}}
         if self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=step)
+        log_scalars(trainer, values, step)
 
     def _check(self, trainer, step: int, lik_scale: Tensor) -> float:
         """Record the first collapse; return min likelihood std / data scale."""
@@ -311,8 +311,7 @@ class DivergenceGuard(pl.Callback):
         self._grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         step, every = trainer.global_step, trainer.log_every_n_steps
         if every and (step + 1) % every == 0:  # at x = step, like the step's train/loss
-            for logger in trainer.loggers:
-                logger.log_metrics({"train/grad_norm": self._grad_norm}, step=step)
+            log_scalars(trainer, {"train/grad_norm": self._grad_norm}, step)
         if not math.isfinite(self._grad_norm):
             for p in params:
                 p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
@@ -438,8 +437,7 @@ class HParamsSummary(pl.Callback):
         fw = writer._get_file_writer()
         for summary in (exp, ssi, sei):
             fw.add_summary(summary)
-        for k, v in values.items():
-            writer.add_scalar(k, v, trainer.global_step)
+        write_scalars(writer, values, trainer.global_step)
         writer.flush()
 
 

@@ -36,6 +36,7 @@ from lightning_vae.latents import BernoulliLatent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.scalars import write_scalars
 from lightning_vae.steps import KStepTraining
 
 
@@ -218,8 +219,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         step = self.global_step if step is None else step
         host = {k: v.float().cpu().tolist() for k, v in values.items()}
         for m, w in enumerate(writers):
-            for k, v in host.items():
-                w.add_scalar(k, v[m], step)
+            write_scalars(w, {k: v[m] for k, v in host.items()}, step)
 
     def configure_optimizers(self):
         return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)

@@ -13,6 +13,7 @@ from torch import Tensor
 from lightning_vae.latents import BernoulliLatent
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.scalars import log_scalars
 from lightning_vae.steps import KStepTraining
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
@@ -160,9 +161,7 @@ class VAE(KStepTraining, pl.LightningModule):
             self.log("train/loss", values.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False)
             self.log_dict(values, on_step=True, on_epoch=False)
             return
-        scalars = {k: float(v) for k, v in values.items()}
-        for logger in self.loggers:
-            logger.log_metrics(scalars, step=step)
+        log_scalars(self.trainer, {k: float(v) for k, v in values.items()}, step)
 
     def _eval_step(self, x: Tensor, stage: str) -> Tensor:
         generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)

@@ -10,7 +10,8 @@ from conftest import ROOT
 
 def test_bench_steps_runs_and_prints_ratios():
     proc = subprocess.run([sys.executable, "benchmarks/bench_steps.py", "--steps", "40",
-                           "--warmup", "10", "--batch_sizes", "64", "--skip_wall"],
+                           "--warmup", "10", "--batch_sizes", "64", "--skip_wall", "--repeats", "1",
+                           "--steps_per_batch", "1", "8"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith(("elbo", "spread"))]
