@@ -52,11 +52,6 @@ def _find(trainer: pl.Trainer, kind: type):
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
-def _passed(last: int, step: int, every: int) -> bool:
-    """Whether a multiple of ``every`` lies in (last, step]."""
-    return every > 0 and step // every > last // every
-
-
 def _histogram(writer, tag: str, values: Tensor, step: int) -> None:
     """A histogram of the finite values (a diverged model has none: then nothing)."""
     values = values[values.isfinite()].detach().cpu()
@@ -87,8 +82,8 @@ class DecoderVarianceMonitor(pl.Callback):
         collapse_ratio: threshold relative to the data scale (1e-2: two orders of
             magnitude below it, ten times below the seed's cluster std of 0.1).
         check_every_n_steps: how often the threshold is checked, in optimizer steps (before
-            the step; also at every logging step). Scalars are logged every
-            ``trainer.log_every_n_steps``.
+            the step, on the weights after ``global_step`` steps). Scalars are logged every
+            ``trainer.log_every_n_steps`` steps from step 0, and at the end of training.
     """
 
     def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1) -> None:
@@ -99,7 +94,6 @@ class DecoderVarianceMonitor(pl.Callback):
         self.collapse_ratio = collapse_ratio
         self.check_every_n_steps = check_every_n_steps
         self.collapse: dict | None = None  # step, axis, state, std of the first crossing
-        self._last_step = -1  # global step at the previous call (a call may span K steps)
 
     def state_dict(self) -> dict:
         return {"collapse": self.collapse}
@@ -110,9 +104,13 @@ class DecoderVarianceMonitor(pl.Callback):
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # Before every optimizer step, also inside a K-step batch (steps_per_batch): the
-        # weights after global_step steps, so the collapse step is exact at any K.
-        step = trainer.global_step
-        if self.collapse is None and step % self.check_every_n_steps == 0:
+        # weights after global_step steps, so the collapse step and the logged scalars are
+        # the same at any K.
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        log_now = every > 0 and step % every == 0
+        if log_now:
+            self._log(trainer, pl_module, step)
+        elif self.collapse is None and step % self.check_every_n_steps == 0:
             # The step's own forward pass scored it (a second decoder pass cost ~8% of a step).
             lik_scale = getattr(pl_module, "step_likelihood_scale", None)
             if lik_scale is None:
@@ -120,16 +118,12 @@ class DecoderVarianceMonitor(pl.Callback):
             self._check(trainer, step, lik_scale)
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # A Lightning step may hold several optimizer steps (steps_per_batch): log when a
-        # multiple of the logging interval was passed since the last call.
-        step, last = trainer.global_step, self._last_step
-        self._last_step = step
-        if not _passed(last, step, trainer.log_every_n_steps):
-            return
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module, trainer.global_step)  # the final weights
+
+    def _log(self, trainer, pl_module, step: int) -> None:
         loc, scale = pl_module.decoder_params()  # (K, D)
-        lik_scale = pl_module.likelihood_scale(scale)
-        ratio = self._check(trainer, step, lik_scale)
+        ratio = self._check(trainer, step, pl_module.likelihood_scale(scale))
         data_scale = trainer.datamodule.data_scale
         values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
@@ -235,7 +229,7 @@ class SampleFigure(pl.Callback):
         seed: seed of the sampling generator.
     """
 
-    def __init__(self, every_n_epochs: int = 5, n_points: int = 1000, seed: int = 0) -> None:
+    def __init__(self, every_n_epochs: int = 10, n_points: int = 1000, seed: int = 0) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs, self.n_points, self.seed = every_n_epochs, n_points, seed

@@ -29,7 +29,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_vae.callbacks import SampleQuality, _passed, decoder_scalars
+from lightning_vae.callbacks import SampleQuality, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, run_cli
 from lightning_vae.latents import BernoulliLatent
@@ -283,35 +283,36 @@ class EnsembleMonitor(pl.Callback):
         self.collapse_ratio, self.quality_every_n_epochs = collapse_ratio, quality_every_n_epochs
         self.quality = SampleQuality(n_samples=n_samples)
         self.collapse_step: list[int | None] | None = None
-        self._last_step = -1  # global step at the previous batch end (a batch may span K steps)
 
+    @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # Before every optimizer step (also inside a K-step batch): the step's own forward
-        # pass scored the weights after global_step steps, the single-run monitor's label.
-        # (A vmapped decoder pass here every step cost ~1 ms.)
-        step = trainer.global_step
+        # Before every optimizer step (also inside a K-step batch), on the weights after
+        # global_step steps, as the single-run monitor: the collapse check reads the step's
+        # own likelihood scale (a vmapped decoder pass every step cost ~1 ms); the scalars
+        # are logged every log_every_n_steps steps from step 0.
+        step, every = trainer.global_step, trainer.log_every_n_steps
         if self.collapse_step is None:
             self.collapse_step = [None] * len(pl_module.seeds)
         lik_scale = pl_module.step_likelihood_scale  # (M, K, D)
-        if lik_scale is None or None not in self.collapse_step:
-            return
-        ratios = (lik_scale.amin(dim=(1, 2)) / trainer.datamodule.data_scale).tolist()
-        for m, r in enumerate(ratios):
-            if self.collapse_step[m] is None and not r >= self.collapse_ratio:
-                self.collapse_step[m] = step
+        if lik_scale is not None and None in self.collapse_step:
+            ratios = (lik_scale.amin(dim=(1, 2)) / trainer.datamodule.data_scale).tolist()
+            for m, r in enumerate(ratios):
+                if self.collapse_step[m] is None and not r >= self.collapse_ratio:
+                    self.collapse_step[m] = step
+        if every > 0 and step % every == 0:
+            self._log(trainer, pl_module, step)
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step, last = trainer.global_step, self._last_step
-        self._last_step = step
-        if not _passed(last, step, trainer.log_every_n_steps):
-            return
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module, trainer.global_step)  # the final weights
+
+    def _log(self, trainer, pl_module, step: int) -> None:
         loc, scale = pl_module.decoder_params()  # (M, K, D)
         ratio = pl_module.objective.likelihood_scale(scale).amin(dim=(1, 2)) / trainer.datamodule.data_scale
         values = {"decoder/min_likelihood_std_ratio": ratio, **decoder_scalars(loc, scale)}
         values["decoder/collapse_step"] = torch.tensor(
             [math.nan if c is None else c for c in self.collapse_step or [None] * len(pl_module.seeds)])
-        pl_module._member_log(values)
+        pl_module._member_log(values, step)
 
     def _quality(self, trainer, pl_module) -> list[dict[str, float]]:
         rows = [self.quality.compute(pl_module.member(m), trainer.datamodule)

@@ -94,7 +94,8 @@ class KStepTraining:
             # The automatic path's convention: step t's terms at x = t, every n-th step.
             log_now = bool(every) and (step + 1) % every == 0
             terms = self._train_terms(xb, step, values=log_now)
-            loss = terms.loss.sum()  # an ensemble's members: each gets its own gradient
+            # An ensemble's members, (M,): summed, each gets its own gradient.
+            loss = terms.loss if terms.loss.dim() == 0 else terms.loss.sum()
             optimizer.zero_grad(set_to_none=True)
             if plain_backward:
                 loss.backward()

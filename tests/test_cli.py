@@ -237,7 +237,8 @@ def test_steps_per_batch_gives_the_same_run(tmp_path, config):
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), (k, (a[k] - b[k]).abs().max())
     sa, sb = read_scalars(one), read_scalars(many)
-    for tag in ("train/loss", "train/grad_norm", "val/log_px"):
+    for tag in ("train/loss", "train/grad_norm", "val/log_px", "decoder/std_y_z0",
+                "decoder/loc_x_z1", "decoder/min_likelihood_std_ratio"):
         assert [s for s, _ in sa[tag]] == [s for s, _ in sb[tag]], tag  # same x-axis
         assert all(math.isclose(u, v, rel_tol=1e-4, abs_tol=1e-6)
                    for (_, u), (_, v) in zip(sa[tag], sb[tag])), tag
