@@ -170,7 +170,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         y = torch.stack([self.objective.perturb(x[m], g)
                          for m, g in enumerate(self._generators(x.device))])  # (M, B, D)
         terms = self.member_terms(y, step, values)
-        self.step_likelihood_scale = terms.scale  # (M, K, D), for the monitor
+        self.__dict__["step_likelihood_scale"] = terms.scale  # (M, K, D), for the monitor; see VAE
         return terms
 
     def _log_train(self, terms, step: int | None = None) -> None:

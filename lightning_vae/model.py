@@ -147,7 +147,9 @@ class VAE(KStepTraining, pl.LightningModule):
     def _train_terms(self, x: Tensor, step: int, values: bool = True):
         y = self.objective.perturb(x, self.noise_generator(x.device))
         terms = self.objective.terms(y, self.net, step=step, values=values)
-        self.step_likelihood_scale = terms.scale
+        # Not nn.Module.__setattr__ (~3 us of parameter/buffer bookkeeping a step): a plain
+        # attribute holding a detached tensor.
+        self.__dict__["step_likelihood_scale"] = terms.scale
         return terms
 
     def _log_train(self, terms, step: int | None = None) -> None:
