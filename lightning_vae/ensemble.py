@@ -182,13 +182,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         if x.dim() != 3 + member_dim or x.shape[member_dim] != len(self.seeds):
             raise ValueError(f"an ensemble of {len(self.seeds)} needs (M, B, D) batches, got "
                              f"{tuple(x.shape)}: set data.member_seeds to the model's seeds")
-        if not self.automatic_optimization:
-            return self._k_steps(x)
-        log_now = self.trainer._logger_connector.should_update_logs
-        terms = self._train_terms(x, self.global_step, values=log_now)
-        if log_now:
-            self._log_train(terms)
-        return terms.loss.sum()
+        return super().training_step(x, batch_idx)
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         g = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)

@@ -179,15 +179,6 @@ class VAE(KStepTraining, pl.LightningModule):
         self.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)
         return terms.loss
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        if not self.automatic_optimization:
-            return self._k_steps(x)
-        log_now = self.trainer._logger_connector.should_update_logs
-        terms = self._train_terms(x, self.global_step, values=log_now)
-        if log_now:
-            self._log_train(terms)
-        return terms.loss
-
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         self._eval_step(x, "val")
 

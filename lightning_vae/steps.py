@@ -30,10 +30,23 @@ class KStepTraining:
     - ``_train_terms(x, step, values)``: the objective's ``Terms`` of one batch at optimizer
       step ``step`` (``terms.loss`` may have a leading members dim: its sum is minimised;
       ``values``: whether the logged terms are needed);
-    - ``_log_train(terms, step)``: write them to the loggers at x = ``step``.
+    - ``_log_train(terms, step)``: write them to the loggers at x = ``step`` (``step``
+      None: the automatic path's logging step).
+
+    It provides ``training_step`` (K = 1 without gradient clipping: Lightning's automatic
+    optimization), ``_total_steps`` for the learning-rate schedule, and the K-step loop.
     """
 
     _step_hooks: list | None = None
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        if not self.automatic_optimization:
+            return self._k_steps(x)
+        log_now = self.trainer._logger_connector.should_update_logs
+        terms = self._train_terms(x, self.global_step, values=log_now)
+        if log_now:
+            self._log_train(terms)
+        return terms.loss if terms.loss.dim() == 0 else terms.loss.sum()
 
     def setup(self, stage: str) -> None:
         if self.steps_per_batch > 1:
