@@ -192,6 +192,7 @@ class SampleQuality(pl.Callback):
         self.n_samples, self.every_n_epochs, self.seed = n_samples, every_n_epochs, seed
         self._bandwidth: Tensor | None = None
         self._data_term: Tensor | None = None
+        self._said_no_geometry = False
 
     @torch.no_grad()
     def compute(self, pl_module, datamodule) -> dict[str, float]:
@@ -204,6 +205,12 @@ class SampleQuality(pl.Callback):
         x = pl_module.sample(self.n_samples, generator=g).cpu().float()
         values = {"quality/mmd": metrics.mmd_rbf(x, data, self._bandwidth, yy=self._data_term)}
         manifold = datamodule.manifold
+        if not getattr(manifold, "has_geometry", True):
+            if not self._said_no_geometry:
+                _warn(f"{manifold!r} has no known manifold: quality/dist_* and quality/mode_* "
+                      f"are skipped (quality/mmd is logged)")
+                self._said_no_geometry = True
+            return {k: float(v) for k, v in values.items()}
         dist = manifold.distance(x)
         values["quality/dist_mean"] = dist.mean()
         values["quality/dist_p95"] = dist.quantile(0.95) if dist.isfinite().all() else dist.max()

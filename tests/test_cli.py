@@ -281,3 +281,20 @@ def test_steps_per_batch_runs_every_optimizer_step_hook(tmp_path, precision):
     assert (cli.model._step_hooks is not None) == (precision == "32-true")
     grad_norms = read_scalars(run_dirs(tmp_path, "seed_spread")[-1])["train/grad_norm"]
     assert grad_norms and all(math.isfinite(v) and v > 0 for _, v in grad_norms)
+
+
+def test_point_cloud_from_a_file_trains_and_skips_geometry(tmp_path):
+    """A user's own points (.npy) are a data source: training runs, sample quality logs
+    MMD, and the geometry-based metrics are skipped (no manifold is known)."""
+    import numpy as np
+
+    from lightning_vae.data import Circle
+
+    path = tmp_path / "points.npy"
+    np.save(path, Circle(ambient_dim=3).sample(3560, torch.Generator().manual_seed(0)).numpy())
+    run = fit("seed_spread.yaml", tmp_path, "--data.manifold=lightning_vae.data.PointCloud",
+              f"--data.manifold.path={path}", "--trainer.max_epochs=5",
+              "--sample_quality.every_n_epochs=5")
+    s = read_scalars(run)
+    assert "quality/mmd" in s and "quality/dist_mean" not in s
+    assert math.isfinite(s["train/loss"][-1][1])

@@ -1,6 +1,33 @@
-"""Manifold data: pure samplers and the LightningDataModule that serves them."""
+"""Manifold data: pure samplers, a user's own point cloud, and the LightningDataModule."""
 
 from lightning_vae.data.datamodule import ManifoldDataModule
-from lightning_vae.data.manifolds import Manifold, TwoClusters
+from lightning_vae.data.manifolds import (
+    Circle,
+    GaussianBlobs,
+    Helix,
+    LineSegment,
+    Manifold,
+    Sphere,
+    Spiral,
+    SwissRoll,
+    Torus,
+    TwoClusters,
+    TwoMoons,
+)
+from lightning_vae.data.pointcloud import PointCloud
 
-__all__ = ["Manifold", "ManifoldDataModule", "TwoClusters"]
+__all__ = [
+    "Circle",
+    "GaussianBlobs",
+    "Helix",
+    "LineSegment",
+    "Manifold",
+    "ManifoldDataModule",
+    "PointCloud",
+    "Sphere",
+    "Spiral",
+    "SwissRoll",
+    "Torus",
+    "TwoClusters",
+    "TwoMoons",
+]
