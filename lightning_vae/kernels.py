@@ -1,0 +1,196 @@
+"""Noise kernels for the spread objective, and the decoder likelihood convolved with them
+(torch only; no Lightning).
+
+A kernel is a stateless family of zero-mean noise densities k(u) on each axis, independent
+across axes. The noise level is passed per call as ``sigma``, the kernel's per-axis
+STANDARD DEVIATION whatever its shape, so levels are comparable across kernels and can be
+annealed (see ``schedules``). Spreading both the data and the model with such a kernel gives
+the spread KL of Zhang et al., "Spread Divergence", ICML 2020 (SCIENCE.md §2-3)::
+
+    kernel.sample(shape, sigma, generator)        # u ~ k, (*shape)
+    kernel.log_prob(u, sigma)                     # log k(u), summed over the last axis
+    kernel.convolved_log_prob(u, scale, sigma)    # log of (N(0, scale^2) * k)(u), same
+
+``convolved_log_lik`` is the likelihood the objectives train: the decoder convolved with the
+kernel, for every point and latent state. Every case it covers is an exact closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.special import erfc, erfcx
+
+LOG_2PI = math.log(2 * math.pi)
+LOG_2 = math.log(2.0)
+SQRT_2 = math.sqrt(2.0)
+HALF_LOG_PI = 0.5 * math.log(math.pi)
+# log erfcx(x) for x >= ERFCX_CF_FROM comes from the continued fraction below, not from
+# torch's erfcx: its gradient 2x erfcx(x) - 2/sqrt(pi) cancels to ~ -1/x and loses
+# log10(2x^2) digits (5% at x = 700 in float32). At x = 3 the fraction cut after
+# ERFCX_CF_TERMS terms is off by 4e-12 relative, and it converges faster for larger x.
+ERFCX_CF_FROM = 3.0
+ERFCX_CF_TERMS = 20
+
+
+def _check_sigma(sigma: float, positive: bool = False) -> float:
+    sigma = float(sigma)
+    # `not >=` also rejects NaN.
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    if positive and sigma == 0:
+        raise ValueError(f"sigma must be > 0 for a density, got {sigma}")
+    return sigma
+
+
+def _gaussian_log_prob(u: Tensor, scale: Tensor | float) -> Tensor:
+    """log N(u; 0, scale^2) per axis (not summed)."""
+    scale = torch.as_tensor(scale, dtype=u.dtype, device=u.device)
+    return -0.5 * (u / scale).square() - scale.log() - 0.5 * LOG_2PI
+
+
+def _device(generator: torch.Generator | None, device: torch.device | str | None):
+    # A generator lives on one device and can only draw there: default to it.
+    return generator.device if device is None and generator is not None else device
+
+
+class Kernel(Protocol):
+    """A zero-mean noise family, independent across axes, with per-axis std ``sigma``."""
+
+    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor: ...
+
+    def log_prob(self, u: Tensor, sigma: float) -> Tensor: ...
+
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor: ...
+
+
+class GaussianKernel:
+    """k(u) = N(u; 0, sigma^2) on each axis."""
+
+    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor:
+        return _check_sigma(sigma) * torch.randn(shape, generator=generator, dtype=dtype,
+                                                 device=_device(generator, device))
+
+    def log_prob(self, u: Tensor, sigma: float) -> Tensor:
+        return _gaussian_log_prob(u, _check_sigma(sigma, positive=True)).sum(-1)
+
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor:
+        """Exact: N(0, scale^2) * N(0, sigma^2) = N(0, scale^2 + sigma^2); variances add."""
+        sigma = _check_sigma(sigma)
+        return _gaussian_log_prob(u, torch.hypot(scale, scale.new_tensor(sigma))).sum(-1)
+
+    def __repr__(self) -> str:
+        return "GaussianKernel()"
+
+
+def _log_erfcx(x: Tensor) -> Tensor:
+    """log erfcx(x) = x^2 + log erfc(x) for x >= 0, with an accurate gradient.
+
+    For large x, erfcx(x) = 1 / (sqrt(pi) (x + c)), c = (1/2)/(x + (2/2)/(x + (3/2)/(x + ...)))
+    (the continued fraction of erfc); autograd through it gives d/dx = -(1 + c')/(x + c),
+    where nothing cancels.
+    """
+    small = x < ERFCX_CF_FROM
+    direct = erfcx(torch.where(small, x, torch.zeros_like(x))).log()
+    x_cf = torch.where(small, torch.full_like(x, ERFCX_CF_FROM), x)
+    t = x_cf
+    for k in range(ERFCX_CF_TERMS, 1, -1):
+        t = x_cf + (k / 2) / t
+    fraction = -HALF_LOG_PI - (x_cf + 0.5 / t).log()
+    return torch.where(small, direct, fraction)
+
+
+def _log_emg(u: Tensor, s: Tensor, b: float) -> Tensor:
+    """log density at u of e + t, e ~ N(0, s^2), t ~ Exponential(mean b), per axis.
+
+    The exponentially modified Gaussian: (1/b) exp(s^2/(2b^2) - u/b) Phi(a), a = u/s - s/b.
+    """
+    a = u / s - s / b
+    neg = a < 0
+    # a >= 0 (u >= s^2/b): each term is at most twice the result, so no cancellation.
+    # Inputs are masked where a branch is unused so that neither its value nor its gradient
+    # can be inf/NaN (torch.where's gradient is 0 * d(branch), NaN if d(branch) is inf).
+    a_pos = torch.where(neg, torch.zeros_like(a), a)
+    # log Phi(a) = log1p(-Phi(-a)), Phi(-a) <= 1/2: exact here; torch's log_ndtr would do,
+    # but it has no vmap batching rule (a per-member loop under vmap).
+    direct = 0.5 * (s / b).square() - u / b + torch.log1p(-0.5 * erfc(a_pos / SQRT_2))
+    # a < 0: s^2/(2b^2) - u/b = a^2/2 - u^2/(2s^2), and exp(a^2/2) Phi(a) = erfcx(-a/sqrt2)/2
+    # is O(1/|a|); the direct form would add two terms of size a^2/2 (5e5 at s/b = 1e3,
+    # where float32 then misses the value by 0.04) whose difference is the answer.
+    x = torch.where(neg, -a, torch.zeros_like(a)) / SQRT_2
+    scaled = -0.5 * (u / s).square() + _log_erfcx(x) - LOG_2
+    return torch.where(neg, scaled, direct) - math.log(b)
+
+
+class LaplaceKernel:
+    """k(u) = exp(-|u|/b) / (2b) on each axis, b = sigma / sqrt(2) (so its std is sigma)."""
+
+    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor:
+        """A difference of two Exponential(mean b) draws, each -b log(1 - U), U in [0, 1):
+        1 - U > 0, so no draw is infinite."""
+        b = _check_sigma(sigma) / SQRT_2
+        uniform = torch.rand((2, *shape), generator=generator, dtype=dtype,
+                             device=_device(generator, device))  # (2, *shape)
+        e = -torch.log1p(-uniform)
+        return b * (e[0] - e[1])
+
+    def log_prob(self, u: Tensor, sigma: float) -> Tensor:
+        b = _check_sigma(sigma, positive=True) / SQRT_2
+        return (-u.abs() / b - math.log(2 * b)).sum(-1)
+
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor:
+        """Exact: N(0, s^2) * Laplace(0, b), per axis with b = sigma/sqrt2, s = scale:
+
+            p(u) = (1/(4b)) exp(s^2/(2b^2)) [exp(-u/b) erfc((s^2/b - u)/(s sqrt2))
+                                             + exp(u/b) erfc((s^2/b + u)/(s sqrt2))].
+
+        A Laplace is a 50/50 mixture of +Exponential(b) and -Exponential(b), so p is the mean
+        of two exponentially modified Gaussians, computed in log space (see ``_log_emg``).
+        """
+        sigma = _check_sigma(sigma)
+        if sigma == 0:
+            return _gaussian_log_prob(u, scale).sum(-1)
+        b = sigma / SQRT_2
+        return (torch.logaddexp(_log_emg(u, scale, b), _log_emg(-u, scale, b)) - LOG_2).sum(-1)
+
+    def __repr__(self) -> str:
+        return "LaplaceKernel()"
+
+
+def convolved_log_lik(kernel: Kernel, y: Tensor, loc: Tensor, scale: Tensor | None,
+                      sigma: float) -> Tensor:
+    """log (p(.|z_k) * k_sigma)(y_b) for every point b and latent state k, summed over axes.
+
+    The decoder p(x|z) = N(x; loc, diag(scale^2)), or delta(x - loc) if ``scale`` is None
+    (a deterministic decoder, the delta-VAE of SCIENCE.md §3). All cases are exact:
+
+    - sigma == 0: log N(y; loc, scale^2), the ELBO's likelihood;
+    - Gaussian decoder * Gaussian kernel: log N(y; loc, scale^2 + sigma^2);
+    - deterministic decoder * kernel: log k_sigma(y - loc);
+    - Gaussian decoder * Laplace kernel: the erfc closed form of
+      ``LaplaceKernel.convolved_log_prob``.
+
+    Args: kernel; y ``(..., B, D)``; loc, scale ``(..., K, D)``; sigma: the kernel's std
+    (a Python number, so the cases are chosen before any tensor is seen, also under vmap).
+    Returns ``(..., B, K)``.
+    """
+    sigma = _check_sigma(sigma)
+    u = y[..., :, None, :] - loc[..., None, :, :]  # (..., B, K, D)
+    if scale is None:
+        if sigma == 0:
+            raise ValueError("a deterministic decoder needs a spread objective with noise > 0: "
+                             "its likelihood without noise is a delta function")
+        return kernel.log_prob(u, sigma)
+    scale = scale[..., None, :, :]  # (..., 1, K, D)
+    if sigma == 0:
+        return _gaussian_log_prob(u, scale).sum(-1)
+    return kernel.convolved_log_prob(u, scale, sigma)
