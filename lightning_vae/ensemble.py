@@ -167,7 +167,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
     def _train_terms(self, x: Tensor, step: int, values: bool = True):
         """Every member's terms on its own batch ``x`` ``(M, B, D)``."""
         # Each member's noise from its own generator, as in its single run.
-        y = torch.stack([self.objective.perturb(x[m], g)
+        y = torch.stack([self.objective.perturb(x[m], g, step)
                          for m, g in enumerate(self._generators(x.device))])  # (M, B, D)
         terms = self.member_terms(y, step, values)
         self.__dict__["step_likelihood_scale"] = terms.scale  # (M, K, D), for the monitor; see VAE

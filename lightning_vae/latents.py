@@ -1,8 +1,9 @@
 """Latent families (torch only).
 
-A discrete latent is enumerated exactly: ``states()`` lists every value of z (the
-decoder's inputs), ``log_prior()`` their prior log-probabilities, and
-``log_posterior(logits)`` turns the encoder's output into log q(z|x) over the same states.
+A discrete latent (``BernoulliLatent``, ``CategoricalLatent``) is enumerated exactly:
+``states()`` lists every value of z (the decoder's inputs), ``log_prior()`` their prior
+log-probabilities, and ``log_posterior(logits)`` turns the encoder's output into
+log q(z|x) over the same states.
 Every expectation over q is then an exact weighted sum; no sampling, no estimator.
 """
 
@@ -13,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli
+from torch.distributions import Bernoulli, Categorical
 
 
 class BernoulliLatent:
@@ -61,3 +62,63 @@ class BernoulliLatent:
 
     def __repr__(self) -> str:
         return f"BernoulliLatent(prior_prob={self.prior_prob})"
+
+
+class CategoricalLatent:
+    """One categorical latent z in {0, ..., K-1}, enumerated exactly.
+
+    The encoder outputs K logits per point: q(z | x) = softmax(logits). The decoder sees
+    z one-hot, ``(K, K)``. With K = 2 it is the Bernoulli latent written with two logits
+    (q(z=1|x) = sigmoid(l1 - l0)): the same ELBO and log p(x) (tested).
+
+    Args:
+        n_states: K >= 2.
+        prior: p(z) for each state (sums to 1); ``None``: uniform.
+    """
+
+    def __init__(self, n_states: int = 4, prior: list[float] | None = None) -> None:
+        if isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 2:
+            raise ValueError(f"n_states must be an integer >= 2, got {n_states!r}")
+        if prior is not None:
+            if len(prior) != n_states:
+                raise ValueError(f"prior must have n_states = {n_states} entries, got {len(prior)}")
+            if any(not p > 0 for p in prior) or abs(sum(prior) - 1) > 1e-6:
+                raise ValueError(f"prior must be positive and sum to 1, got {list(prior)}")
+        self.n_states = int(n_states)
+        self.prior_probs = None if prior is None else [float(p) for p in prior]
+
+    @property
+    def encoder_dim(self) -> int:
+        return self.n_states
+
+    @property
+    def state_dim(self) -> int:
+        return self.n_states
+
+    def states(self, like: Tensor) -> Tensor:
+        """Every value of z one-hot, ``(K, K)``, on ``like``'s device."""
+        return torch.eye(self.n_states, dtype=like.dtype, device=like.device)
+
+    def log_prior(self, like: Tensor) -> Tensor:
+        """log p(z) for each state, ``(K,)``."""
+        if self.prior_probs is None:
+            return torch.full((self.n_states,), -math.log(self.n_states), dtype=like.dtype,
+                              device=like.device)
+        return torch.tensor(self.prior_probs, dtype=like.dtype, device=like.device).log()
+
+    def log_posterior(self, logits: Tensor) -> Tensor:
+        """log q(z | x) for each state from encoder logits ``(B, K)``, ``(B, K)``."""
+        return F.log_softmax(logits, dim=-1)
+
+    def posterior(self, logits: Tensor) -> Categorical:
+        return Categorical(logits=logits)
+
+    def prior(self) -> Categorical:
+        return Categorical(logits=self.log_prior(torch.zeros(())))
+
+    def index(self, z: Tensor) -> Tensor:
+        """State index of latent values: indices ``(N,)`` or one-hot rows ``(N, K)``."""
+        return z.argmax(-1) if z.dim() == 2 and z.shape[-1] == self.n_states else z.reshape(-1).long()
+
+    def __repr__(self) -> str:
+        return f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs})"

@@ -10,9 +10,9 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_vae.latents import BernoulliLatent
-from lightning_vae.nets import DiscreteVAE
-from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.latents import BernoulliLatent, CategoricalLatent
+from lightning_vae.nets import DeterministicDecoder, DiscreteVAE, GaussianDecoder
+from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, SpreadELBO
 from lightning_vae.scalars import log_scalars
 from lightning_vae.steps import KStepTraining
 
@@ -46,7 +46,11 @@ class VAE(KStepTraining, pl.LightningModule):
         data_dim: ambient dimension D of the data (linked from the datamodule by the CLI).
         objective: what to minimise, e.g. ``ELBO()`` or ``SpreadELBO(noise_std=0.3)``;
             default ``ELBO()``.
-        latent: the latent family; default ``BernoulliLatent(prior_prob=0.5)``.
+        latent: the latent family, enumerated exactly: ``BernoulliLatent(prior_prob=0.5)``
+            (default, the seed) or ``CategoricalLatent(n_states=K)``.
+        decoder: ``GaussianDecoder(variance="per_axis")`` (default, the seed; also
+            "shared", "fixed", and a ``min_std`` floor) or ``DeterministicDecoder()``
+            (no variance; only with ``SpreadELBO``).
         hidden: width of the hidden layers of encoder and decoder MLPs.
         depth: number of hidden layers of encoder and decoder MLPs.
         optimizer: optimizer factory (``class_path`` in YAML); default Adam with its
@@ -66,7 +70,8 @@ class VAE(KStepTraining, pl.LightningModule):
         self,
         data_dim: int = 2,
         objective: Objective | None = None,
-        latent: BernoulliLatent | None = None,
+        latent: BernoulliLatent | CategoricalLatent | None = None,
+        decoder: GaussianDecoder | DeterministicDecoder | None = None,
         hidden: int = 64,
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,
@@ -87,7 +92,11 @@ class VAE(KStepTraining, pl.LightningModule):
         self.steps_per_batch, self.gradient_clip = steps_per_batch, gradient_clip
         self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
-        self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth)
+        decoder = decoder if decoder is not None else GaussianDecoder()
+        if decoder.deterministic and not isinstance(self.objective, SpreadELBO):
+            raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+        self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth,
+                               decoder=decoder)
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
@@ -145,7 +154,7 @@ class VAE(KStepTraining, pl.LightningModule):
         self._noise = None
 
     def _train_terms(self, x: Tensor, step: int, values: bool = True):
-        y = self.objective.perturb(x, self.noise_generator(x.device))
+        y = self.objective.perturb(x, self.noise_generator(x.device), step)
         terms = self.objective.terms(y, self.net, step=step, values=values)
         # Not nn.Module.__setattr__ (~3 us of parameter/buffer bookkeeping a step): a plain
         # attribute holding a detached tensor.
@@ -169,7 +178,7 @@ class VAE(KStepTraining, pl.LightningModule):
         generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
         terms = self.objective(x, self.net, generator=generator, step=None)
         logged = {f"{stage}/loss": terms.loss, **{f"{stage}/{k}": v for k, v in terms.values.items()}}
-        if f"{stage}/log_px" not in logged:
+        if f"{stage}/log_px" not in logged and not self.net.deterministic:
             logged[f"{stage}/log_px"] = self.net.log_px(x).mean()  # exact, clean model
         if not self.automatic_optimization and stage == "val":
             # Lightning would put these at its own (K-step) batch count; use the x-axis of

@@ -1,4 +1,4 @@
-"""Plain nn.Modules: MLPs, the Gaussian decoder and the discrete-latent VAE core."""
+"""Plain nn.Modules: MLPs, the decoder families and the discrete-latent VAE core."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from lightning_vae.latents import BernoulliLatent
+from lightning_vae.latents import BernoulliLatent, CategoricalLatent
 from lightning_vae.objectives import gaussian_log_lik, log_marginal
 
 
@@ -23,21 +23,74 @@ def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class GaussianDecoder(nn.Module):
-    """p(x | z) = N(loc(z), diag(scale(z)^2)) with mean AND per-axis std learned.
+VARIANCES = ("per_axis", "shared", "fixed")
 
-    One MLP maps a latent state to ``2 * D`` numbers: the mean and the log-std of each
-    axis (shared hidden layers, as in the seed).
+
+class GaussianDecoder:
+    """p(x | z) = N(loc(z), diag(std(z)^2)): the decoder family of the seed and its variants.
+
+    A config object; ``build`` makes the module. One MLP maps a latent state to the mean
+    and, for a learned variance, the log-std (shared hidden layers, as in the seed).
+
+    Args:
+        variance: "per_axis": a std per axis and state, learned (the seed); "shared": one
+            learned std per state for all axes; "fixed": ``fixed_std`` everywhere.
+        fixed_std: the std of "fixed".
+        min_std: a floor, std = min_std + exp(log_std): the common hack against variance
+            collapse, to compare with a spread objective (0: none).
     """
 
-    def __init__(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> None:
+    deterministic = False
+
+    def __init__(self, variance: str = "per_axis", fixed_std: float = 1.0, min_std: float = 0.0) -> None:
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+        if not fixed_std > 0:
+            raise ValueError(f"fixed_std must be > 0, got {fixed_std}")
+        if not min_std >= 0:
+            raise ValueError(f"min_std must be >= 0, got {min_std}")
+        self.variance, self.fixed_std, self.min_std = variance, float(fixed_std), float(min_std)
+
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
+        n_scale = {"per_axis": data_dim, "shared": 1, "fixed": 0}[self.variance]
+        return _DecoderNet(state_dim, data_dim, hidden, depth, n_scale, self.fixed_std, self.min_std)
+
+    def __repr__(self) -> str:
+        return f"GaussianDecoder(variance={self.variance!r}, fixed_std={self.fixed_std}, min_std={self.min_std})"
+
+
+class DeterministicDecoder:
+    """p(x | z) = delta(x - loc(z)): no variance at all (the delta-VAE of SCIENCE.md §3).
+
+    Its likelihood exists only convolved with a spread kernel: train it with ``SpreadELBO``
+    (noise > 0); the plain ELBO refuses it. Its std is reported as 0.
+    """
+
+    deterministic = True
+
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
+        return _DecoderNet(state_dim, data_dim, hidden, depth, n_scale=0, fixed_std=0.0, min_std=0.0)
+
+    def __repr__(self) -> str:
+        return "DeterministicDecoder()"
+
+
+class _DecoderNet(nn.Module):
+    """latent state ``(K, S)`` -> (loc ``(K, D)``, std ``(K, D)``)."""
+
+    def __init__(self, state_dim: int, data_dim: int, hidden: int, depth: int, n_scale: int,
+                 fixed_std: float, min_std: float) -> None:
         super().__init__()
-        self.data_dim = data_dim
-        self.net = mlp(state_dim, hidden, depth, 2 * data_dim)
+        self.data_dim, self.n_scale, self.fixed_std, self.min_std = data_dim, n_scale, fixed_std, min_std
+        self.net = mlp(state_dim, hidden, depth, data_dim + n_scale)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        loc, log_scale = self.net(z).split(self.data_dim, dim=-1)  # (K, D) each
-        return loc, log_scale.exp()
+        out = self.net(z)
+        loc = out[..., : self.data_dim]
+        if self.n_scale == 0:
+            return loc, torch.full_like(loc, self.fixed_std)
+        scale = out[..., self.data_dim :].exp().expand_as(loc)  # (K, D) or (K, 1) -> (K, D)
+        return loc, scale + self.min_std if self.min_std else scale
 
 
 class DiscreteVAE(nn.Module):
@@ -49,13 +102,16 @@ class DiscreteVAE(nn.Module):
     """
 
     def __init__(
-        self, data_dim: int, latent: BernoulliLatent, hidden: int = 64, depth: int = 2
+        self, data_dim: int, latent: BernoulliLatent | CategoricalLatent, hidden: int = 64,
+        depth: int = 2, decoder: GaussianDecoder | DeterministicDecoder | None = None,
     ) -> None:
         super().__init__()
         self.data_dim = data_dim
         self.latent = latent
+        decoder = decoder if decoder is not None else GaussianDecoder()
+        self.deterministic = decoder.deterministic  # std 0: a likelihood only with spread noise
         self.encoder = mlp(data_dim, hidden, depth, latent.encoder_dim)
-        self.decoder = GaussianDecoder(latent.state_dim, data_dim, hidden, depth)
+        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
 
     def log_q(self, x: Tensor) -> Tensor:
         """log q(z | x) over the latent states, ``(B, K)``."""
@@ -71,6 +127,9 @@ class DiscreteVAE(nn.Module):
 
     def log_px(self, x: Tensor) -> Tensor:
         """Exact log p(x) = logsumexp_z [log p(z) + log p(x|z)] per point, ``(B,)``."""
+        if self.deterministic:
+            raise ValueError("a deterministic decoder has no density: log p(x) is only defined "
+                             "with spread noise (the spread objective's spread_log_px)")
         loc, scale = self.decoder_params(x)
         return log_marginal(self.log_prior(x), gaussian_log_lik(x, loc, scale))
 
@@ -80,6 +139,9 @@ class DiscreteVAE(nn.Module):
 
     def decode(self, z: Tensor) -> Independent:
         """p(x | z) as a ``torch.distributions`` object; ``z`` holds latent values ``(N, 1)``."""
+        if self.deterministic:
+            raise ValueError("a deterministic decoder has no density: p(x|z) = delta(x - loc); "
+                             "use decoder_params() for loc")
         loc, scale = self.decoder(z.reshape(len(z), -1).to(next(self.parameters()).dtype))
         return Independent(Normal(loc, scale), 1)
 

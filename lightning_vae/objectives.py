@@ -36,7 +36,15 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from lightning_vae.kernels import GaussianKernel, Kernel, convolved_log_lik
+from lightning_vae.schedules import Constant, Schedule
+
 LOG_2PI = math.log(2 * math.pi)
+_GAUSSIAN = GaussianKernel()  # the kernel argument where sigma is 0 (unused then)
+DETERMINISTIC_NEEDS_SPREAD = (
+    "a deterministic decoder has no likelihood of its own: train it with a spread objective "
+    "(model.objective: lightning_vae.objectives.SpreadELBO with noise_std > 0), not the "
+    "ELBO or the denoising ELBO")
 
 
 class Terms(NamedTuple):
@@ -101,20 +109,22 @@ def log_marginal(log_prior: Tensor, log_lik: Tensor) -> Tensor:
     return torch.logsumexp(log_prior + log_lik, dim=-1)
 
 
-def _convolved_scale(scale: Tensor, noise_std: float) -> Tensor:
-    """Gaussian decoder convolved with N(0, noise_std^2): variances add (SCIENCE.md §2)."""
-    return torch.hypot(scale, scale.new_tensor(noise_std))
-
-
-def _terms(x_in: Tensor, vae, noise_std: float, prefix: str, beta: float | None,
-           values: bool = True) -> Terms:
-    """Loss and terms; ``beta`` weights the KL in training (``None``: evaluation, beta = 1);
-    the logged terms only if ``values``."""
+def _terms(x_in: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, beta: float | None,
+           values: bool = True, log_sigma: bool = False) -> Terms:
+    """Loss and terms with the decoder convolved with ``kernel`` at level ``sigma`` (0: the
+    decoder's own likelihood); ``beta`` weights the KL in training (``None``: evaluation,
+    beta = 1); the logged terms only if ``values``."""
     log_q = vae.log_q(x_in)  # (B, K)
-    loc, scale = vae.decoder_params(x_in)  # (K, D)
-    if noise_std > 0:
-        scale = _convolved_scale(scale, noise_std)
-    log_lik = gaussian_log_lik(x_in, loc, scale)
+    loc, scale = vae.decoder_params(x_in)  # (K, D); a deterministic decoder's std is 0
+    # The likelihood's std per state and axis: variances add under convolution, whatever
+    # the kernel (its std is sigma).
+    lik_scale = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+    if not vae.deterministic and (sigma == 0 or isinstance(kernel, GaussianKernel)):
+        # Gaussian * Gaussian: one Gaussian. This exact arithmetic is the one the seed's
+        # published numbers were produced with (the collapsing ELBO amplifies any rounding).
+        log_lik = gaussian_log_lik(x_in, loc, lik_scale)
+    else:
+        log_lik = convolved_log_lik(kernel, x_in, loc, None if vae.deterministic else scale, sigma)
     log_prior = vae.log_prior(x_in)
     t = elbo_terms(log_q, log_prior, log_lik)
     if beta is None or beta == 1.0:
@@ -131,7 +141,21 @@ def _terms(x_in: Tensor, vae, noise_std: float, prefix: str, beta: float | None,
         }
         if beta is not None:
             logged["kl_weight"] = torch.tensor(beta)
-    return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()}, scale=scale.detach())
+        if log_sigma and beta is not None:
+            logged["noise_std"] = torch.tensor(sigma)
+    return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()}, scale=lik_scale.detach())
+
+
+def _schedule(noise_std: float | Schedule) -> Schedule:
+    """A noise level: a number (constant) or a schedule over optimizer steps."""
+    if isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool):
+        if not (noise_std >= 0 and math.isfinite(noise_std)):  # `not >=` also catches NaN
+            raise ValueError(f"noise_std must be >= 0, got {noise_std} (a finite number or a schedule)")
+        return Constant(float(noise_std))
+    if not hasattr(noise_std, "value"):
+        raise ValueError(f"noise_std must be a number >= 0 or a schedule (Constant, LinearAnneal, "
+                         f"CosineAnneal), got {noise_std!r}")
+    return noise_std
 
 
 def _check_warmup(kl_warmup_steps: int) -> int:
@@ -158,14 +182,17 @@ class ELBO:
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
         values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator), vae, step, values)
+        return self.terms(self.perturb(x, generator, step), vae, step, values)
 
-    def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None,
+                step: int | None = None) -> Tensor:
         """The ELBO sees the clean data."""
         return x
 
     def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
-        return _terms(y, vae, 0.0, "", kl_weight(step, self.kl_warmup_steps), values)
+        if vae.deterministic:
+            raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+        return _terms(y, vae, _GAUSSIAN, 0.0, "", kl_weight(step, self.kl_warmup_steps), values)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return scale
@@ -174,48 +201,104 @@ class ELBO:
         return f"ELBO(kl_warmup_steps={self.kl_warmup_steps})"
 
 
-class SpreadELBO:
-    """The spread ELBO (Zhang et al., "Spread Divergence", ICML 2020).
+class _Noisy:
+    """Shared by the objectives that perturb the data: the noise level (a number or a
+    schedule over optimizer steps; in evaluation, step None, its final value) and the
+    kernel it is drawn from."""
 
-    Both the data and the model are convolved with Gaussian noise N(0, noise_std^2 I):
-    y = x + noise (fresh noise each call), the encoder sees y, and the decoder likelihood
-    is the exact convolution N(y; loc, scale^2 + noise_std^2). With noise_std = 0 it is
-    the ELBO. Its loss is bounded below: each axis contributes at most
-    -0.5 log(2 pi noise_std^2) to log p~(y|z).
-
-    Args:
-        noise_std: standard deviation of the spread noise (> 0 for a bounded loss).
-        kl_warmup_steps: training steps over which the KL weight rises linearly from 0
-            to 1 (0: no warm-up).
-    """
-
-    def __init__(self, noise_std: float = 0.3, kl_warmup_steps: int = 0) -> None:
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-        self.noise_std = float(noise_std)
+    def __init__(self, noise_std: float | Schedule, kl_warmup_steps: int, kernel: Kernel | None) -> None:
+        self.schedule = _schedule(noise_std)
         self.kl_warmup_steps = _check_warmup(kl_warmup_steps)
+        self.kernel = kernel if kernel is not None else GaussianKernel()
+
+    @property
+    def noise_std(self) -> float:
+        """The noise level in evaluation (the schedule's final value)."""
+        return self.schedule.value(None)
+
+    def sigma(self, step: int | None) -> float:
+        """The noise level at optimizer step ``step`` (None: evaluation)."""
+        return self.schedule.value(step)
 
     def __call__(
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
         values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator), vae, step, values)
+        return self.terms(self.perturb(x, generator, step), vae, step, values)
 
-    def perturb(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """y = x + noise_std * eps, eps ~ N(0, I) drawn from ``generator`` (fresh each call)."""
-        if self.noise_std == 0:
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None,
+                step: int | None = None) -> Tensor:
+        """y = x + u, u ~ kernel at level sigma(step), drawn from ``generator`` (fresh each call)."""
+        sigma = self.sigma(step)
+        if sigma == 0:
             return x
         # A generator lives on its own device; move its draw.
         device = generator.device if generator is not None else x.device
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
-        return x + self.noise_std * noise.to(x.device)  # (B, D)
+        noise = self.kernel.sample(x.shape, sigma, generator=generator, dtype=x.dtype, device=device)
+        return x + noise.to(x.device)  # (B, D)
+
+    def _repr_args(self) -> str:
+        noise = self.schedule.value(None) if isinstance(self.schedule, Constant) else self.schedule
+        return f"noise_std={noise}, kl_warmup_steps={self.kl_warmup_steps}, kernel={self.kernel!r}"
+
+
+class SpreadELBO(_Noisy):
+    """The spread ELBO (Zhang et al., "Spread Divergence", ICML 2020).
+
+    Both the data and the model are convolved with the same noise kernel: y = x + u (fresh
+    noise each call), the encoder sees y, and the decoder likelihood is the exact
+    convolution of p(x|z) with the kernel (``kernels.convolved_log_lik``: Gaussian * Gaussian,
+    Gaussian * Laplace, and a deterministic decoder * either, all closed forms). With
+    noise_std = 0 it is the ELBO. Its loss is bounded below: for a Gaussian kernel each axis
+    contributes at most -0.5 log(2 pi noise_std^2) to log p~(y|z).
+
+    Args:
+        noise_std: the kernel's per-axis std, a number or a schedule
+            (``lightning_vae.schedules``: Constant, LinearAnneal, CosineAnneal; logged as
+            ``train/noise_std``); > 0 for a bounded loss.
+        kl_warmup_steps: training steps over which the KL weight rises linearly from 0
+            to 1 (0: no warm-up).
+        kernel: ``GaussianKernel()`` (default) or ``LaplaceKernel()``.
+    """
+
+    def __init__(self, noise_std: float | Schedule = 0.3, kl_warmup_steps: int = 0,
+                 kernel: Kernel | None = None) -> None:
+        super().__init__(noise_std, kl_warmup_steps, kernel)
 
     def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
         """Spread ELBO terms of already-spread data ``y``."""
-        return _terms(y, vae, self.noise_std, "spread_", kl_weight(step, self.kl_warmup_steps), values)
+        return _terms(y, vae, self.kernel, self.sigma(step), "spread_",
+                      kl_weight(step, self.kl_warmup_steps), values, log_sigma=True)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
-        return _convolved_scale(scale, self.noise_std) if self.noise_std > 0 else scale
+        sigma = self.noise_std
+        return torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
 
     def __repr__(self) -> str:
-        return f"SpreadELBO(noise_std={self.noise_std}, kl_warmup_steps={self.kl_warmup_steps})"
+        return f"SpreadELBO({self._repr_args()})"
+
+
+class DenoisingELBO(_Noisy):
+    """The denoising ablation: noise on the data only, y = x + u, scored by the decoder's
+    own likelihood (not convolved). It fits the noisy data, so it is biased: on the seed
+    data it learns an x-std near sqrt(s^2 + noise_std^2) where the spread ELBO learns s
+    (SCIENCE.md §3). One class_path away from ``SpreadELBO``, with the same arguments.
+    """
+
+    def __init__(self, noise_std: float | Schedule = 0.3, kl_warmup_steps: int = 0,
+                 kernel: Kernel | None = None) -> None:
+        super().__init__(noise_std, kl_warmup_steps, kernel)
+
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
+        if vae.deterministic:
+            raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+        t = _terms(y, vae, _GAUSSIAN, 0.0, "denoise_", kl_weight(step, self.kl_warmup_steps), values)
+        if values and step is not None:
+            t.values["noise_std"] = torch.tensor(self.sigma(step))
+        return t
+
+    def likelihood_scale(self, scale: Tensor) -> Tensor:
+        return scale
+
+    def __repr__(self) -> str:
+        return f"DenoisingELBO({self._repr_args()})"

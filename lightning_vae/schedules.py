@@ -39,7 +39,15 @@ def _check_step(step: int) -> int:
     return step
 
 
-class Constant:
+class Schedule:
+    """Base of the schedules: ``value(step)``, the level at optimizer step ``step`` (None:
+    evaluation, the final level). Subclass it for your own schedule."""
+
+    def value(self, step: int | None) -> float:
+        raise NotImplementedError
+
+
+class Constant(Schedule):
     """The same value at every step.
 
     Args:
@@ -58,7 +66,7 @@ class Constant:
         return f"Constant(value={self.level})"
 
 
-class _Anneal:
+class _Anneal(Schedule):
     """start -> end over ``steps`` steps along ``_shape(t)``, t in [0, 1]; then end."""
 
     def __init__(self, start: float, end: float, steps: int) -> None:

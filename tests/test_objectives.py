@@ -63,7 +63,11 @@ def test_spread_elbo_with_zero_noise_is_exactly_elbo(step):
                                             step=step)
     assert torch.equal(plain.loss, spread.loss)
     renamed = {"elbo": "spread_elbo", "log_px": "spread_log_px"}
-    assert set(spread.values) == {renamed.get(k, k) for k in plain.values}
+    # ... plus the noise level it logs in training.
+    logged_sigma = {"noise_std"} if step is not None else set()
+    assert set(spread.values) == {renamed.get(k, k) for k in plain.values} | logged_sigma
+    if step is not None:
+        assert float(spread.values["noise_std"]) == 0.0
     for key, value in plain.values.items():
         assert torch.equal(value, spread.values[renamed.get(key, key)]), key
     # The terms are not trivially equal: they are real, distinct numbers.
