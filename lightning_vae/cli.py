@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,11 +45,22 @@ def one_line(message: str) -> str:
     """The useful line of a parser error.
 
     jsonargparse reports a bad value inside a ``class_path`` group as a multi-line Union
-    report; the cause (e.g. ``noise_std must be >= 0, got -1.0``) is one of its bullets.
+    report; the cause (e.g. ``noise_std must be >= 0, got -1.0``) is one of its bullets. A
+    class_path that does not import becomes "unknown class X; expected a subclass of B".
     """
-    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-    causes = [ln[2:] for ln in lines if ln.startswith("- ") and "NoneType" not in ln]
+    text = re.sub(r"Expected a path but (\S+) either not accessible or invalid",
+                  r"unknown class (or config file) \1", str(message))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     key = lines[0].split(":")[0] if lines and lines[0].startswith("Parser key") else ""
+    problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
+    if problem:
+        cls, cause = problem.groups()
+        if "has no attribute" in cause or "No module named" in cause:
+            base = re.search(r"Subtypes: \[<class '([^']+)'>", text)
+            expected = f"; expected a subclass of {base.group(1)}" if base else ""
+            return f"{key}: unknown class {cls}{expected}"
+        return f"{key}: {cls}: {cause}"
+    causes = [ln[2:] for ln in lines if ln.startswith("- ") and "NoneType" not in ln]
     if causes:
         return f"{key}: {causes[0]}" if key else causes[0]
     return " ".join(lines)

@@ -32,7 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lightning_vae.callbacks import SampleQuality, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, run_cli
-from lightning_vae.latents import BernoulliLatent
+from lightning_vae.latents import BernoulliLatent, DiscreteLatent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
@@ -73,7 +73,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         seeds: list[int] | None = None,
         data_dim: int = 2,
         objective: Objective | None = None,
-        latent: BernoulliLatent | None = None,
+        latent: DiscreteLatent | None = None,
         hidden: int = 64,
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,

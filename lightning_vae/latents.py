@@ -17,7 +17,13 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical
 
 
-class BernoulliLatent:
+class DiscreteLatent:
+    """Base of the enumerable latents: ``n_states``, ``encoder_dim``, ``state_dim``,
+    ``states(like)``, ``log_prior(like)``, ``log_posterior(logits)``, ``posterior(logits)``,
+    ``prior()`` and ``index(z)``. Subclass it for your own; name it as ``model.latent``."""
+
+
+class BernoulliLatent(DiscreteLatent):
     """A single binary latent z in {0, 1} with prior p(z) = Bernoulli(prior_prob).
 
     The encoder outputs one logit per point: q(z=1 | x) = sigmoid(logit).
@@ -64,7 +70,7 @@ class BernoulliLatent:
         return f"BernoulliLatent(prior_prob={self.prior_prob})"
 
 
-class CategoricalLatent:
+class CategoricalLatent(DiscreteLatent):
     """One categorical latent z in {0, ..., K-1}, enumerated exactly.
 
     The encoder outputs K logits per point: q(z | x) = softmax(logits). The decoder sees

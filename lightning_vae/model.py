@@ -10,8 +10,8 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_vae.latents import BernoulliLatent, CategoricalLatent
-from lightning_vae.nets import DeterministicDecoder, DiscreteVAE, GaussianDecoder
+from lightning_vae.latents import BernoulliLatent, DiscreteLatent
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, SpreadELBO
 from lightning_vae.scalars import log_scalars
 from lightning_vae.steps import KStepTraining
@@ -70,8 +70,8 @@ class VAE(KStepTraining, pl.LightningModule):
         self,
         data_dim: int = 2,
         objective: Objective | None = None,
-        latent: BernoulliLatent | CategoricalLatent | None = None,
-        decoder: GaussianDecoder | DeterministicDecoder | None = None,
+        latent: DiscreteLatent | None = None,
+        decoder: Decoder | None = None,
         hidden: int = 64,
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,

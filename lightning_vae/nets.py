@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from lightning_vae.latents import BernoulliLatent, CategoricalLatent
+from lightning_vae.latents import DiscreteLatent
 from lightning_vae.objectives import gaussian_log_lik, log_marginal
 
 
@@ -26,7 +26,17 @@ def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
 VARIANCES = ("per_axis", "shared", "fixed")
 
 
-class GaussianDecoder:
+class Decoder:
+    """Base of the decoder families: a config object whose ``build(state_dim, data_dim,
+    hidden, depth)`` makes the module (latent state -> loc, std), and ``deterministic``."""
+
+    deterministic = False
+
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
+        raise NotImplementedError
+
+
+class GaussianDecoder(Decoder):
     """p(x | z) = N(loc(z), diag(std(z)^2)): the decoder family of the seed and its variants.
 
     A config object; ``build`` makes the module. One MLP maps a latent state to the mean
@@ -59,7 +69,7 @@ class GaussianDecoder:
         return f"GaussianDecoder(variance={self.variance!r}, fixed_std={self.fixed_std}, min_std={self.min_std})"
 
 
-class DeterministicDecoder:
+class DeterministicDecoder(Decoder):
     """p(x | z) = delta(x - loc(z)): no variance at all (the delta-VAE of SCIENCE.md §3).
 
     Its likelihood exists only convolved with a spread kernel: train it with ``SpreadELBO``
@@ -102,8 +112,8 @@ class DiscreteVAE(nn.Module):
     """
 
     def __init__(
-        self, data_dim: int, latent: BernoulliLatent | CategoricalLatent, hidden: int = 64,
-        depth: int = 2, decoder: GaussianDecoder | DeterministicDecoder | None = None,
+        self, data_dim: int, latent: DiscreteLatent, hidden: int = 64,
+        depth: int = 2, decoder: Decoder | None = None,
     ) -> None:
         super().__init__()
         self.data_dim = data_dim

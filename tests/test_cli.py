@@ -310,3 +310,33 @@ def test_point_cloud_from_a_file_trains_and_skips_geometry(tmp_path):
     s = read_scalars(run)
     assert "quality/mmd" in s and "quality/dist_mean" not in s
     assert math.isfinite(s["train/loss"][-1][1])
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--data.manifold=lightning_vae.data.Cirlce"],
+     "unknown class lightning_vae.data.Cirlce; expected a subclass of lightning_vae.data.manifolds.Manifold"),
+    (["--data.manifold=lightning_vae.data.Torus", "--data.manifold.ambient_dim=2"],
+     "ambient_dim must be >= 3 (the natural dimension of Torus), got 2"),
+    (["--data.manifold=lightning_vae.data.Circle", "--data.manifold.noise_std=-0.1"],
+     "noise_std must be >= 0, got -0.1"),
+    (["--model.objective.init_args.noise_std=-1"], "noise_std must be >= 0, got -1"),
+    (["--model.decoder=lightning_vae.nets.DeterministicDecoder",
+      "--model.objective=lightning_vae.objectives.ELBO"],
+     "a deterministic decoder has no likelihood of its own: train it with a spread objective"),
+    (["--model.latent=lightning_vae.latents.CategoricalLatent", "--model.latent.n_states=0"],
+     "n_states must be an integer >= 2, got 0"),
+    (["--model.objective.init_args.kernel=lightning_vae.kernels.Laplace"],
+     "unknown class lightning_vae.kernels.Laplace"),
+])
+def test_bad_model_and_data_choices_are_one_line(args, expected, tmp_path, capsys):
+    from lightning_vae.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *args,
+              f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and expected in errors[0], err[-600:]
+    assert "Traceback" not in err
+    assert not any(tmp_path.rglob("*.ckpt"))
