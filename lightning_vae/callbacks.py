@@ -144,10 +144,12 @@ class DecoderVarianceMonitor(pl.Callback):
         k, d = divmod(int(torch.nan_to_num(lik_scale, nan=0.0).argmin()), lik_scale.shape[1])
         axis = axis_name(d, lik_scale.shape[1])
         std = float(lik_scale[k, d])
-        self.collapse = {"step": step, "axis": axis, "state": k, "std": std}
+        enumerated = getattr(getattr(trainer.lightning_module, "net", None), "enumerable", True)
+        self.collapse = {"step": step, "axis": axis, "state": k if enumerated else None, "std": std}
         axis_std = float(trainer.datamodule.axis_std[d])
+        where = f"z={k}" if enumerated else "at a sampled z"
         _warn(f"Decoder variance collapse at step {step}: the likelihood std on axis {axis} "
-              f"(z={k}) fell to {std:.3g}, below {self.collapse_ratio:g} x the data scale "
+              f"({where}) fell to {std:.3g}, below {self.collapse_ratio:g} x the data scale "
               f"{data_scale:.3g}; the training data's std on that axis is {axis_std:.3g}.")
 
     @torch.no_grad()
@@ -166,7 +168,11 @@ class DecoderVarianceMonitor(pl.Callback):
             _histogram(writer, f"decoder/log10_std_{axis_name(d, dim)}", scale[:, d].log10(),
                        trainer.global_step)
         x = trainer.datamodule.val_x.to(pl_module.device)
-        _histogram(writer, "encoder/q_z1", pl_module.encode(x).probs, trainer.global_step)
+        q = pl_module.encode(x)
+        if hasattr(q, "probs"):  # discrete: the posterior probabilities
+            _histogram(writer, "encoder/q_z1", q.probs, trainer.global_step)
+        else:  # Gaussian: the posterior std (near 1 everywhere is posterior collapse)
+            _histogram(writer, "encoder/q_std", q.base_dist.scale, trainer.global_step)
 
 
 class SampleQuality(pl.Callback):

@@ -32,7 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from lightning_vae.callbacks import SampleQuality, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, run_cli
-from lightning_vae.latents import BernoulliLatent, DiscreteLatent
+from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.nets import DiscreteVAE
 from lightning_vae.objectives import ELBO, Objective
@@ -73,7 +73,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         seeds: list[int] | None = None,
         data_dim: int = 2,
         objective: Objective | None = None,
-        latent: DiscreteLatent | None = None,
+        latent: Latent | None = None,
         hidden: int = 64,
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,
@@ -97,6 +97,9 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
         latent = latent or BernoulliLatent()
+        if not latent.enumerable:
+            raise ValueError(f"the ensemble takes an enumerated latent (BernoulliLatent, "
+                             f"CategoricalLatent), got {latent!r}")
         members = []
         for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
             torch.manual_seed(s)

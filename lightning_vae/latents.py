@@ -17,7 +17,14 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical
 
 
-class DiscreteLatent:
+class Latent:
+    """Base of the latent families (``model.latent``): ``enumerable`` ones are summed over
+    exactly, the others sampled."""
+
+    enumerable = True
+
+
+class DiscreteLatent(Latent):
     """Base of the enumerable latents: ``n_states``, ``encoder_dim``, ``state_dim``,
     ``states(like)``, ``log_prior(like)``, ``log_posterior(logits)``, ``posterior(logits)``,
     ``prior()`` and ``index(z)``. Subclass it for your own; name it as ``model.latent``."""
@@ -128,3 +135,54 @@ class CategoricalLatent(DiscreteLatent):
 
     def __repr__(self) -> str:
         return f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs})"
+
+
+class GaussianLatent(Latent):
+    """z ~ N(0, I_dim), q(z | x) = N(mu(x), diag(std(x)^2)), reparameterised (not enumerable).
+
+    Training estimates E_q log p(x|z) with ``n_samples`` draws per point (the KL to the
+    prior is exact); evaluation reports the importance-weighted bound (IWAE, Burda et al.
+    2016) with ``iwae_samples`` draws: log (1/K) sum_k p(x, z_k) / q(z_k | x) <= log p(x),
+    equal to the single-sample ELBO for K = 1 and non-decreasing in K on average.
+    The decoder is monitored at ``n_probe`` fixed prior draws (``states``), which stand in
+    for the states of a discrete latent in ``decoder/*_z<k>``.
+
+    Args:
+        dim: latent dimension (>= 1).
+        n_samples: draws per point in training (>= 1).
+        iwae_samples: draws per point for the IWAE bound in evaluation (>= 1).
+        n_probe: fixed prior draws at which the decoder is monitored (>= 1).
+    """
+
+    enumerable = False
+
+    def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4) -> None:
+        for name, value in [("dim", dim), ("n_samples", n_samples), ("iwae_samples", iwae_samples),
+                            ("n_probe", n_probe)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.dim, self.n_samples, self.iwae_samples, self.n_probe = dim, n_samples, iwae_samples, n_probe
+
+    @property
+    def encoder_dim(self) -> int:
+        return 2 * self.dim  # mean and log-std
+
+    @property
+    def state_dim(self) -> int:
+        return self.dim
+
+    def states(self, like: Tensor) -> Tensor:
+        """The ``n_probe`` fixed prior draws, ``(n_probe, dim)``."""
+        z = torch.randn(self.n_probe, self.dim, generator=torch.Generator().manual_seed(0))
+        return z.to(dtype=like.dtype, device=like.device)
+
+    def draw(self, n_points: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """Standard normal draws for the reparameterisation, ``(S, n_points, dim)``."""
+        s = self.n_samples if training else self.iwae_samples
+        device = generator.device if generator is not None else like.device
+        eps = torch.randn(s, n_points, self.dim, generator=generator, device=device, dtype=like.dtype)
+        return eps.to(like.device)
+
+    def __repr__(self) -> str:
+        return (f"GaussianLatent(dim={self.dim}, n_samples={self.n_samples}, "
+                f"iwae_samples={self.iwae_samples}, n_probe={self.n_probe})")

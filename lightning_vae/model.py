@@ -10,8 +10,8 @@ import torch
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_vae.latents import BernoulliLatent, DiscreteLatent
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder
+from lightning_vae.latents import BernoulliLatent, Latent
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, SpreadELBO
 from lightning_vae.scalars import log_scalars
 from lightning_vae.steps import KStepTraining
@@ -46,8 +46,9 @@ class VAE(KStepTraining, pl.LightningModule):
         data_dim: ambient dimension D of the data (linked from the datamodule by the CLI).
         objective: what to minimise, e.g. ``ELBO()`` or ``SpreadELBO(noise_std=0.3)``;
             default ``ELBO()``.
-        latent: the latent family, enumerated exactly: ``BernoulliLatent(prior_prob=0.5)``
-            (default, the seed) or ``CategoricalLatent(n_states=K)``.
+        latent: ``BernoulliLatent(prior_prob=0.5)`` (default, the seed) or
+            ``CategoricalLatent(n_states=K)``, enumerated exactly; or
+            ``GaussianLatent(dim, n_samples, iwae_samples)``, sampled (IWAE in evaluation).
         decoder: ``GaussianDecoder(variance="per_axis")`` (default, the seed; also
             "shared", "fixed", and a ``min_std`` floor) or ``DeterministicDecoder()``
             (no variance; only with ``SpreadELBO``).
@@ -70,7 +71,7 @@ class VAE(KStepTraining, pl.LightningModule):
         self,
         data_dim: int = 2,
         objective: Objective | None = None,
-        latent: DiscreteLatent | None = None,
+        latent: Latent | None = None,
         decoder: Decoder | None = None,
         hidden: int = 64,
         depth: int = 2,
@@ -95,8 +96,9 @@ class VAE(KStepTraining, pl.LightningModule):
         decoder = decoder if decoder is not None else GaussianDecoder()
         if decoder.deterministic and not isinstance(self.objective, SpreadELBO):
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
-        self.net = DiscreteVAE(data_dim, latent or BernoulliLatent(), hidden=hidden, depth=depth,
-                               decoder=decoder)
+        latent = latent if latent is not None else BernoulliLatent()
+        core = DiscreteVAE if latent.enumerable else GaussianVAE
+        self.net = core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
         self._optimizer, self.lr_schedule = optimizer, lr_schedule
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
@@ -154,8 +156,12 @@ class VAE(KStepTraining, pl.LightningModule):
         self._noise = None
 
     def _train_terms(self, x: Tensor, step: int, values: bool = True):
-        y = self.objective.perturb(x, self.noise_generator(x.device), step)
-        terms = self.objective.terms(y, self.net, step=step, values=values)
+        generator = self.noise_generator(x.device)
+        y = self.objective.perturb(x, generator, step)
+        eps = None  # a Gaussian latent's draws come from the same per-run generator
+        if not self.net.enumerable:
+            eps = self.net.latent.draw(len(y), training=True, generator=generator, like=y)
+        terms = self.objective.terms(y, self.net, step=step, values=values, eps=eps)
         # Not nn.Module.__setattr__ (~3 us of parameter/buffer bookkeeping a step): a plain
         # attribute holding a detached tensor.
         self.__dict__["step_likelihood_scale"] = terms.scale
@@ -196,7 +202,8 @@ class VAE(KStepTraining, pl.LightningModule):
 
     def predict_step(self, x: Tensor, batch_idx: int) -> dict[str, Tensor]:
         """Per point: the input, q(z=1|x) and the exact log p(x)."""
-        return {"x": x, "q_z": self.net.log_q(x).exp(), "log_px": self.net.log_px(x)}
+        q = self.net.log_q(x).exp() if self.net.enumerable else self.net.encode_params(x)[0]
+        return {"x": x, "q_z": q, "log_px": self.net.log_px(x)}
 
     def configure_optimizers(self):
         return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from lightning_vae.latents import DiscreteLatent
+from lightning_vae.latents import DiscreteLatent, GaussianLatent
 from lightning_vae.objectives import gaussian_log_lik, log_marginal
 
 
@@ -111,6 +113,8 @@ class DiscreteVAE(nn.Module):
     ``decode``.
     """
 
+    enumerable = True
+
     def __init__(
         self, data_dim: int, latent: DiscreteLatent, hidden: int = 64,
         depth: int = 2, decoder: Decoder | None = None,
@@ -166,3 +170,98 @@ class DiscreteVAE(nn.Module):
         eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
         k, eps = k.to(like.device), eps.to(like.device)
         return loc[k] + scale[k] * eps
+
+
+class GaussianVAE(nn.Module):
+    """Encoder, decoder and a Gaussian latent z ~ N(0, I), reparameterised.
+
+    What the objectives need: ``encode_params`` (mu, std of q(z|x)) and ``decoder`` at
+    sampled z; the public maths: ``log_px`` (the IWAE bound), ``sample``, ``encode``,
+    ``decode``, and ``decoder_params`` at the latent's fixed probe points (for monitoring).
+    """
+
+    enumerable = False
+
+    def __init__(self, data_dim: int, latent: GaussianLatent, hidden: int = 64, depth: int = 2,
+                 decoder: Decoder | None = None) -> None:
+        super().__init__()
+        self.data_dim = data_dim
+        self.latent = latent
+        decoder = decoder if decoder is not None else GaussianDecoder()
+        self.deterministic = decoder.deterministic
+        self.encoder = mlp(data_dim, hidden, depth, latent.encoder_dim)
+        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
+
+    def encode_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std of q(z | x), ``(B, d)`` each."""
+        mu, log_std = self.encoder(x).split(self.latent.dim, dim=-1)
+        return mu, log_std.exp()
+
+    def log_prior(self, like: Tensor) -> Tensor:
+        """Uniform weights over the probe points (what ``sample`` of a discrete core uses)."""
+        return torch.full((self.latent.n_probe,), -math.log(self.latent.n_probe),
+                          dtype=like.dtype, device=like.device)
+
+    def decoder_params(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Decoder mean and std at the latent's probe points, ``(n_probe, D)`` each."""
+        like = like if like is not None else next(self.parameters())
+        return self.decoder(self.latent.states(like))
+
+    def log_px(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The IWAE bound on log p(x) with ``latent.iwae_samples`` draws, ``(B,)``
+        (draws from ``generator``; default a fixed seed, so evaluations are comparable)."""
+        if self.deterministic:
+            raise ValueError("a deterministic decoder has no density: log p(x) is only defined "
+                             "with spread noise (the spread objective's spread_log_px)")
+        generator = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
+        eps = self.latent.draw(len(x), training=False, generator=generator, like=x)
+        log_lik, log_ratio, _, _ = importance_weights(self, x, eps, _normal_log_prob)
+        return log_mean_exp(log_lik + log_ratio)
+
+    def encode(self, x: Tensor) -> Independent:
+        mu, std = self.encode_params(x)
+        return Independent(Normal(mu, std), 1)
+
+    def decode(self, z: Tensor) -> Independent:
+        if self.deterministic:
+            raise ValueError("a deterministic decoder has no density: p(x|z) = delta(x - loc); "
+                             "use decoder_params() for loc")
+        loc, scale = self.decoder(z.to(next(self.parameters()).dtype))
+        return Independent(Normal(loc, scale), 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples of the clean model p(x) = E_z p(x|z), ``(n, D)``."""
+        like = next(self.parameters())
+        device = generator.device if generator is not None else like.device
+        z = torch.randn(n, self.latent.dim, generator=generator, device=device, dtype=like.dtype)
+        eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
+        loc, scale = self.decoder(z.to(like.device))
+        return loc + scale * eps.to(like.device)
+
+
+def _normal_log_prob(u: Tensor, scale: Tensor) -> Tensor:
+    """log N(u; 0, diag(scale^2)), summed over the last axis."""
+    return -(0.5 * (u / scale).square() + scale.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def log_mean_exp(log_w: Tensor) -> Tensor:
+    """log (1/S) sum_s exp(log_w[s]) over the first axis."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
+def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik):
+    """The pieces of log w_s = log p(y | z_s) + log p(z_s) - log q(z_s | y), z_s = mu + std eps_s.
+
+    Args: y ``(B, D)``; eps ``(S, B, d)``; ``log_lik(u, scale)`` the likelihood of
+    u = y - loc given the decoder std (the objective's, possibly kernel-convolved).
+    Returns log p(y | z_s) ``(S, B)``, log p(z_s) - log q(z_s | y) ``(S, B)``, the analytic
+    KL(q || p) ``(B,)`` and the decoder std at the draws ``(S, B, D)``.
+    """
+    mu, std = vae.encode_params(y)  # (B, d)
+    z = mu + std * eps  # (S, B, d)
+    loc, scale = vae.decoder(z)  # (S, B, D)
+    log_p = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
+    log_q = -(0.5 * eps.square() + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+    kl = 0.5 * (mu.square() + std.square() - 1).sum(-1) - std.log().sum(-1)
+    return log_lik(y - loc, scale), log_p - log_q, kl, scale

@@ -110,10 +110,14 @@ def log_marginal(log_prior: Tensor, log_lik: Tensor) -> Tensor:
 
 
 def _terms(x_in: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, beta: float | None,
-           values: bool = True, log_sigma: bool = False) -> Terms:
+           values: bool = True, log_sigma: bool = False, eps: Tensor | None = None) -> Terms:
     """Loss and terms with the decoder convolved with ``kernel`` at level ``sigma`` (0: the
     decoder's own likelihood); ``beta`` weights the KL in training (``None``: evaluation,
-    beta = 1); the logged terms only if ``values``."""
+    beta = 1); the logged terms only if ``values``. A Gaussian latent (``vae.enumerable``
+    False) is sampled with the draws ``eps`` ``(S, B, d)`` (default: fresh from torch's
+    global generator)."""
+    if not getattr(vae, "enumerable", True):
+        return _sampled_terms(x_in, vae, kernel, sigma, prefix, beta, values, log_sigma, eps)
     log_q = vae.log_q(x_in)  # (B, K)
     loc, scale = vae.decoder_params(x_in)  # (K, D); a deterministic decoder's std is 0
     # The likelihood's std per state and axis: variances add under convolution, whatever
@@ -144,6 +148,48 @@ def _terms(x_in: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, beta: f
         if log_sigma and beta is not None:
             logged["noise_std"] = torch.tensor(sigma)
     return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()}, scale=lik_scale.detach())
+
+
+def _sampled_terms(y: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, beta: float | None,
+                   values: bool, log_sigma: bool, eps: Tensor | None) -> Terms:
+    """``_terms`` for a Gaussian latent: E_q log p~(y|z) by the reparameterised draws, the
+    KL exact; ``log_px`` is the importance-weighted bound with the same draws (IWAE)."""
+    from lightning_vae.nets import importance_weights, log_mean_exp
+
+    if eps is None:
+        eps = vae.latent.draw(len(y), training=beta is not None, generator=None, like=y)
+    if vae.deterministic:
+        def log_lik(u, scale):
+            return kernel.log_prob(u, sigma)
+    elif sigma == 0 or isinstance(kernel, GaussianKernel):
+        def log_lik(u, scale):
+            s = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+            return -(0.5 * (u / s).square() + s.log() + 0.5 * LOG_2PI).sum(-1)
+    else:
+        def log_lik(u, scale):
+            return kernel.convolved_log_prob(u, scale, sigma)
+    ll, log_ratio, kl, scale = importance_weights(vae, y, eps, log_lik)  # (S, B), (S, B), (B,)
+    rec = ll.mean(0)
+    loss = -(rec - (1.0 if beta is None else beta) * kl).mean()
+    logged = {}
+    if values:
+        logged = {f"{prefix}elbo": (rec - kl).mean(), "rec": rec.mean(), "kl": kl.mean(),
+                  f"{prefix}log_px": log_mean_exp(ll + log_ratio).mean()}
+        if beta is not None:
+            logged["kl_weight"] = torch.tensor(beta)
+        if log_sigma and beta is not None:
+            logged["noise_std"] = torch.tensor(sigma)
+    lik_scale = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+    return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()},
+                 scale=lik_scale.detach().reshape(-1, lik_scale.shape[-1]))
+
+
+def _draws(vae, y: Tensor, generator: torch.Generator | None, step: int | None) -> Tensor | None:
+    """A Gaussian latent's reparameterisation draws for ``y`` from ``generator`` (None for
+    an enumerated latent)."""
+    if getattr(vae, "enumerable", True):
+        return None
+    return vae.latent.draw(len(y), training=step is not None, generator=generator, like=y)
 
 
 def _schedule(noise_std: float | Schedule) -> Schedule:
@@ -182,17 +228,19 @@ class ELBO:
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
         values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator, step), vae, step, values)
+        y = self.perturb(x, generator, step)
+        return self.terms(y, vae, step, values, eps=_draws(vae, y, generator, step))
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None,
                 step: int | None = None) -> Tensor:
         """The ELBO sees the clean data."""
         return x
 
-    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True,
+              eps: Tensor | None = None) -> Terms:
         if vae.deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
-        return _terms(y, vae, _GAUSSIAN, 0.0, "", kl_weight(step, self.kl_warmup_steps), values)
+        return _terms(y, vae, _GAUSSIAN, 0.0, "", kl_weight(step, self.kl_warmup_steps), values, eps=eps)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return scale
@@ -224,7 +272,8 @@ class _Noisy:
         self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
         values: bool = True,
     ) -> Terms:
-        return self.terms(self.perturb(x, generator, step), vae, step, values)
+        y = self.perturb(x, generator, step)
+        return self.terms(y, vae, step, values, eps=_draws(vae, y, generator, step))
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None,
                 step: int | None = None) -> Tensor:
@@ -265,10 +314,11 @@ class SpreadELBO(_Noisy):
                  kernel: Kernel | None = None) -> None:
         super().__init__(noise_std, kl_warmup_steps, kernel)
 
-    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True,
+              eps: Tensor | None = None) -> Terms:
         """Spread ELBO terms of already-spread data ``y``."""
         return _terms(y, vae, self.kernel, self.sigma(step), "spread_",
-                      kl_weight(step, self.kl_warmup_steps), values, log_sigma=True)
+                      kl_weight(step, self.kl_warmup_steps), values, log_sigma=True, eps=eps)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         sigma = self.noise_std
@@ -289,10 +339,12 @@ class DenoisingELBO(_Noisy):
                  kernel: Kernel | None = None) -> None:
         super().__init__(noise_std, kl_warmup_steps, kernel)
 
-    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True) -> Terms:
+    def terms(self, y: Tensor, vae, step: int | None = None, values: bool = True,
+              eps: Tensor | None = None) -> Terms:
         if vae.deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
-        t = _terms(y, vae, _GAUSSIAN, 0.0, "denoise_", kl_weight(step, self.kl_warmup_steps), values)
+        t = _terms(y, vae, _GAUSSIAN, 0.0, "denoise_", kl_weight(step, self.kl_warmup_steps), values,
+                   eps=eps)
         if values and step is not None:
             t.values["noise_std"] = torch.tensor(self.sigma(step))
         return t
