@@ -40,7 +40,7 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
 
 
 class VAE(KStepTraining, pl.LightningModule):
-    """A VAE with a Bernoulli latent, trained with the objective given in config.
+    """A VAE (the seed's Bernoulli latent by default), trained with the objective given in config.
 
     Args:
         data_dim: ambient dimension D of the data (linked from the datamodule by the CLI).
