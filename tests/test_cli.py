@@ -340,3 +340,14 @@ def test_bad_model_and_data_choices_are_one_line(args, expected, tmp_path, capsy
     assert len(errors) == 1 and expected in errors[0], err[-600:]
     assert "Traceback" not in err
     assert not any(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_users_own_manifold_is_one_class(tmp_path):
+    """A Manifold subclass outside the package, named by class_path and embedded in R^4:
+    it trains and sample quality measures distances to it."""
+    run = fit("seed_spread.yaml", tmp_path, "--data.manifold=custom_manifold.Parabola",
+              "--data.manifold.ambient_dim=4", "--trainer.max_epochs=5",
+              "--sample_quality.every_n_epochs=5")
+    s = read_scalars(run)
+    assert 0 <= s["quality/dist_mean"][-1][1] < 1.0
+    assert run.joinpath("config.yaml").read_text().count("custom_manifold.Parabola") == 1
