@@ -210,7 +210,19 @@ def _check_warmup(kl_warmup_steps: int) -> int:
     return int(kl_warmup_steps)
 
 
-class ELBO:
+class _Objective:
+    """``objective(x, vae, generator, step, values)``: perturb, draw a Gaussian latent's
+    reparameterisation noise from the same generator, score."""
+
+    def __call__(
+        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
+        values: bool = True,
+    ) -> Terms:
+        y = self.perturb(x, generator, step)
+        return self.terms(y, vae, step, values, eps=_draws(vae, y, generator, step))
+
+
+class ELBO(_Objective):
     """The evidence lower bound, maximised on the clean data x.
 
     loss = -mean_x ELBO(x). On data with a zero-variance axis this is unbounded below:
@@ -223,13 +235,6 @@ class ELBO:
 
     def __init__(self, kl_warmup_steps: int = 0) -> None:
         self.kl_warmup_steps = _check_warmup(kl_warmup_steps)
-
-    def __call__(
-        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
-        values: bool = True,
-    ) -> Terms:
-        y = self.perturb(x, generator, step)
-        return self.terms(y, vae, step, values, eps=_draws(vae, y, generator, step))
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None,
                 step: int | None = None) -> Tensor:
@@ -249,7 +254,7 @@ class ELBO:
         return f"ELBO(kl_warmup_steps={self.kl_warmup_steps})"
 
 
-class _Noisy:
+class _Noisy(_Objective):
     """Shared by the objectives that perturb the data: the noise level (a number or a
     schedule over optimizer steps; in evaluation, step None, its final value) and the
     kernel it is drawn from."""
@@ -267,13 +272,6 @@ class _Noisy:
     def sigma(self, step: int | None) -> float:
         """The noise level at optimizer step ``step`` (None: evaluation)."""
         return self.schedule.value(step)
-
-    def __call__(
-        self, x: Tensor, vae, generator: torch.Generator | None = None, step: int | None = None,
-        values: bool = True,
-    ) -> Terms:
-        y = self.perturb(x, generator, step)
-        return self.terms(y, vae, step, values, eps=_draws(vae, y, generator, step))
 
     def perturb(self, x: Tensor, generator: torch.Generator | None = None,
                 step: int | None = None) -> Tensor:
