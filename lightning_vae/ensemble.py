@@ -85,16 +85,9 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         seeds = list(range(10)) if seeds is None else list(seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if steps_per_batch < 1:
-            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-        if gradient_clip is not None and not gradient_clip > 0:
-            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
+        self._configure_steps(lr_schedule, steps_per_batch, gradient_clip)
         self.save_hyperparameters()
         self.seeds = seeds
-        self.steps_per_batch, self.gradient_clip = steps_per_batch, gradient_clip
-        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
         latent = latent or BernoulliLatent()
         if not latent.enumerable:
@@ -109,7 +102,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         self._names = list(params)
         self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self._names])
         self._template = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule
-        self._optimizer, self.lr_schedule = optimizer, lr_schedule
+        self._optimizer = optimizer
         self._noise: list[torch.Generator] | None = None
         self._noise_states: list[Tensor] | None = None  # from a checkpoint, applied lazily
         self.step_likelihood_scale: Tensor | None = None  # as VAE's, per member

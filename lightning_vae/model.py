@@ -83,15 +83,8 @@ class VAE(KStepTraining, pl.LightningModule):
         super().__init__()
         if data_dim < 1:
             raise ValueError(f"data_dim must be >= 1, got {data_dim}")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if steps_per_batch < 1:
-            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-        if gradient_clip is not None and not gradient_clip > 0:
-            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
+        self._configure_steps(lr_schedule, steps_per_batch, gradient_clip)
         self.save_hyperparameters()
-        self.steps_per_batch, self.gradient_clip = steps_per_batch, gradient_clip
-        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
         self.objective = objective if objective is not None else ELBO()
         decoder = decoder if decoder is not None else GaussianDecoder()
         if decoder.deterministic and not isinstance(self.objective, SpreadELBO):
@@ -99,7 +92,7 @@ class VAE(KStepTraining, pl.LightningModule):
         latent = latent if latent is not None else BernoulliLatent()
         core = DiscreteVAE if latent.enumerable else GaussianVAE
         self.net = core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
-        self._optimizer, self.lr_schedule = optimizer, lr_schedule
+        self._optimizer = optimizer
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
         # Lightning), it is saved in checkpoints, and an ensemble member with the same seed

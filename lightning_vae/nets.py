@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from lightning_vae.latents import DiscreteLatent, GaussianLatent
-from lightning_vae.objectives import gaussian_log_lik, log_marginal
+from lightning_vae.objectives import gaussian_log_lik, log_marginal, normal_log_prob
 
 
 def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
@@ -197,11 +197,6 @@ class GaussianVAE(nn.Module):
         mu, log_std = self.encoder(x).split(self.latent.dim, dim=-1)
         return mu, log_std.exp()
 
-    def log_prior(self, like: Tensor) -> Tensor:
-        """Uniform weights over the probe points (what ``sample`` of a discrete core uses)."""
-        return torch.full((self.latent.n_probe,), -math.log(self.latent.n_probe),
-                          dtype=like.dtype, device=like.device)
-
     def decoder_params(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decoder mean and std at the latent's probe points, ``(n_probe, D)`` each."""
         like = like if like is not None else next(self.parameters())
@@ -215,7 +210,7 @@ class GaussianVAE(nn.Module):
                              "with spread noise (the spread objective's spread_log_px)")
         generator = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
         eps = self.latent.draw(len(x), training=False, generator=generator, like=x)
-        log_lik, log_ratio, _, _ = importance_weights(self, x, eps, _normal_log_prob)
+        log_lik, log_ratio, _, _ = importance_weights(self, x, eps, normal_log_prob)
         return log_mean_exp(log_lik + log_ratio)
 
     def encode(self, x: Tensor) -> Independent:
@@ -238,11 +233,6 @@ class GaussianVAE(nn.Module):
         eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
         loc, scale = self.decoder(z.to(like.device))
         return loc + scale * eps.to(like.device)
-
-
-def _normal_log_prob(u: Tensor, scale: Tensor) -> Tensor:
-    """log N(u; 0, diag(scale^2)), summed over the last axis."""
-    return -(0.5 * (u / scale).square() + scale.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def log_mean_exp(log_w: Tensor) -> Tensor:

@@ -87,8 +87,19 @@ def gaussian_log_lik(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
 
     Args: x ``(B, D)``; loc, scale ``(K, D)``. Returns ``(B, K)``.
     """
-    z = (x[:, None, :] - loc) / scale  # (B, K, D)
+    return normal_log_prob(x[:, None, :] - loc, scale)  # (B, K, D) -> (B, K)
+
+
+def normal_log_prob(u: Tensor, scale: Tensor) -> Tensor:
+    """log N(u; 0, diag(scale^2)), summed over the last axis (scale broadcasts)."""
+    z = u / scale
     return -(0.5 * z.square() + scale.log() + 0.5 * LOG_2PI).sum(-1)
+
+
+def _likelihood_scale(scale: Tensor, sigma: float) -> Tensor:
+    """The std of the decoder convolved with noise of std sigma: variances add, whatever
+    the kernel."""
+    return torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
 
 
 def elbo_terms(log_q: Tensor, log_prior: Tensor, log_lik: Tensor) -> dict[str, Tensor]:
@@ -120,9 +131,7 @@ def _terms(x_in: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, beta: f
         return _sampled_terms(x_in, vae, kernel, sigma, prefix, beta, values, log_sigma, eps)
     log_q = vae.log_q(x_in)  # (B, K)
     loc, scale = vae.decoder_params(x_in)  # (K, D); a deterministic decoder's std is 0
-    # The likelihood's std per state and axis: variances add under convolution, whatever
-    # the kernel (its std is sigma).
-    lik_scale = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+    lik_scale = _likelihood_scale(scale, sigma)  # (K, D)
     if not vae.deterministic and (sigma == 0 or isinstance(kernel, GaussianKernel)):
         # Gaussian * Gaussian: one Gaussian. This exact arithmetic is the one the seed's
         # published numbers were produced with (the collapsing ELBO amplifies any rounding).
@@ -163,8 +172,7 @@ def _sampled_terms(y: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, be
             return kernel.log_prob(u, sigma)
     elif sigma == 0 or isinstance(kernel, GaussianKernel):
         def log_lik(u, scale):
-            s = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
-            return -(0.5 * (u / s).square() + s.log() + 0.5 * LOG_2PI).sum(-1)
+            return normal_log_prob(u, _likelihood_scale(scale, sigma))
     else:
         def log_lik(u, scale):
             return kernel.convolved_log_prob(u, scale, sigma)
@@ -179,7 +187,7 @@ def _sampled_terms(y: Tensor, vae, kernel: Kernel, sigma: float, prefix: str, be
             logged["kl_weight"] = torch.tensor(beta)
         if log_sigma and beta is not None:
             logged["noise_std"] = torch.tensor(sigma)
-    lik_scale = torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+    lik_scale = _likelihood_scale(scale, sigma)  # (S, B, D)
     return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()},
                  scale=lik_scale.detach().reshape(-1, lik_scale.shape[-1]))
 
@@ -319,8 +327,7 @@ class SpreadELBO(_Noisy):
                       kl_weight(step, self.kl_warmup_steps), values, log_sigma=True, eps=eps)
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
-        sigma = self.noise_std
-        return torch.hypot(scale, scale.new_tensor(sigma)) if sigma > 0 else scale
+        return _likelihood_scale(scale, self.noise_std)
 
     def __repr__(self) -> str:
         return f"SpreadELBO({self._repr_args()})"

@@ -39,6 +39,17 @@ class KStepTraining:
 
     _step_hooks: list | None = None
 
+    def _configure_steps(self, lr_schedule: str, steps_per_batch: int, gradient_clip: float | None) -> None:
+        """Check and set the training-loop arguments shared by every model that uses this."""
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if steps_per_batch < 1:
+            raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+        if gradient_clip is not None and not gradient_clip > 0:
+            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
+        self.lr_schedule, self.steps_per_batch, self.gradient_clip = lr_schedule, steps_per_batch, gradient_clip
+        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
+
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         if not self.automatic_optimization:
             return self._k_steps(x)

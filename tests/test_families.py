@@ -182,14 +182,15 @@ def _gauss_vae(seed: int = 0, decoder=None) -> "GaussianVAE":
 def test_iwae_with_one_draw_is_the_single_sample_elbo():
     """K = 1: log w = log p(y|z) + log p(z) - log q(z|y), the single-draw ELBO estimate;
     its mean over draws is the ELBO with the exact KL (up to Monte Carlo error)."""
-    from lightning_vae.nets import _normal_log_prob, importance_weights, log_mean_exp
+    from lightning_vae.nets import importance_weights, log_mean_exp
+    from lightning_vae.objectives import normal_log_prob
 
     vae, y = _gauss_vae(), _x(16)
     eps = torch.randn(1, 16, 2, generator=torch.Generator().manual_seed(0))
-    ll, ratio, kl, _ = importance_weights(vae, y, eps, _normal_log_prob)
+    ll, ratio, kl, _ = importance_weights(vae, y, eps, normal_log_prob)
     torch.testing.assert_close(log_mean_exp(ll + ratio), (ll + ratio)[0])
     many = torch.randn(20000, 16, 2, generator=torch.Generator().manual_seed(1))
-    ll, ratio, kl, _ = importance_weights(vae, y, many, _normal_log_prob)
+    ll, ratio, kl, _ = importance_weights(vae, y, many, normal_log_prob)
     single = (ll + ratio)  # (S, B): single-draw ELBO estimates
     se = single.std(0) / math.sqrt(len(single))
     assert torch.all((single.mean(0) - (ll.mean(0) - kl)).abs() < 5 * se + 1e-4)
@@ -197,14 +198,15 @@ def test_iwae_with_one_draw_is_the_single_sample_elbo():
 
 def test_iwae_grows_with_k_on_average_and_stays_below_log_px():
     """E[IWAE_K] is non-decreasing in K; for a decoder that ignores z the bound is exact."""
-    from lightning_vae.nets import _normal_log_prob, importance_weights, log_mean_exp
+    from lightning_vae.nets import importance_weights, log_mean_exp
+    from lightning_vae.objectives import normal_log_prob
 
     vae, y = _gauss_vae(), _x(32)
     g = torch.Generator().manual_seed(0)
     means = []
     for k in (1, 2, 8, 32):
         reps = torch.stack([log_mean_exp(sum(importance_weights(vae, y, torch.randn(k, 32, 2, generator=g),
-                                                                 _normal_log_prob)[:2]))
+                                                                 normal_log_prob)[:2]))
                             for _ in range(200)])  # (200, B)
         means.append(float(reps.mean()))
     assert means == sorted(means), means
