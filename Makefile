@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds
+.PHONY: setup seed test test-slow seeds lab
 
 setup:
 	@scripts/setup.sh
@@ -18,3 +18,6 @@ test-slow: setup  ## long learning-signal tests, incl. the 10-seed loops
 seeds: setup  ## 10-seed loop of both seed configs
 	@$(PY) -m lightning_vae.seeds configs/seed_spread.yaml --seeds 0-9
 	@$(PY) -m lightning_vae.seeds configs/seed_elbo.yaml --seeds 0-9
+
+lab: setup  ## every experiment config over seeds 0-2, one table (README: Beyond the seed)
+	@$(PY) -m lightning_vae.lab configs/*.yaml --seeds 0-2

@@ -33,13 +33,13 @@ def _due_epoch(trainer: pl.Trainer, every: int) -> bool:
     return epoch % every == 0 or epoch == trainer.max_epochs or trainer.should_stop
 
 
-def decoder_scalars(loc: Tensor, scale: Tensor) -> dict[str, Tensor]:
+def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, Tensor]:
     """``decoder/std_<axis>_z<k>`` and ``decoder/loc_<axis>_z<k>`` from ``(..., K, D)``
-    decoder parameters: one entry per latent state and axis, keeping any leading dims
-    (an ensemble's members)."""
+    decoder parameters: one entry per latent state and axis for the first ``max_states``
+    states, keeping any leading dims (an ensemble's members)."""
     n_states, dim = loc.shape[-2:]
     values = {}
-    for k in range(n_states):
+    for k in range(min(n_states, max_states)):
         for d in range(dim):
             a = axis_name(d, dim)
             values[f"decoder/std_{a}_z{k}"] = scale[..., k, d]
@@ -78,21 +78,31 @@ class DecoderVarianceMonitor(pl.Callback):
     gradient vanishes). The step and axis are logged (``decoder/collapse_step``) and
     reported once on stderr.
 
+    With a learned prior (``CategoricalLatent(learn_prior=true)``) it also logs
+    ``latent/effective_states`` = exp(entropy of the prior): K for a uniform prior, fewer as
+    the mixture's weights concentrate.
+
     Args:
         collapse_ratio: threshold relative to the data scale (1e-2: two orders of
             magnitude below it, ten times below the seed's cluster std of 0.1).
         check_every_n_steps: how often the threshold is checked, in optimizer steps (before
             the step, on the weights after ``global_step`` steps). Scalars are logged every
             ``trainer.log_every_n_steps`` steps from step 0, and at the end of training.
+        max_states: per-state scalars (``decoder/*_z<k>``) for the first ``max_states``
+            states only; the collapse check and the histograms cover every state.
     """
 
-    def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1) -> None:
+    def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1,
+                 max_states: int = 16) -> None:
         if not collapse_ratio > 0:
             raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if max_states < 0:
+            raise ValueError(f"max_states must be >= 0, got {max_states}")
         self.collapse_ratio = collapse_ratio
         self.check_every_n_steps = check_every_n_steps
+        self.max_states = max_states
         self.collapse: dict | None = None  # step, axis, state, std of the first crossing
 
     def state_dict(self) -> dict:
@@ -127,7 +137,11 @@ class DecoderVarianceMonitor(pl.Callback):
         data_scale = trainer.datamodule.data_scale
         values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
-                  **{k: float(v) for k, v in decoder_scalars(loc, scale).items()}}
+                  **{k: float(v) for k, v in decoder_scalars(loc, scale, self.max_states).items()}}
+        prior_logits = getattr(getattr(pl_module, "net", None), "prior_logits", None)
+        if prior_logits is not None:
+            log_p = torch.log_softmax(prior_logits, -1)
+            values["latent/effective_states"] = float(torch.exp(-(log_p.exp() * log_p).sum()))
         if self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
         log_scalars(trainer, values, step)

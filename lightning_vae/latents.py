@@ -84,12 +84,19 @@ class CategoricalLatent(DiscreteLatent):
     z one-hot, ``(K, K)``. With K = 2 it is the Bernoulli latent written with two logits
     (q(z=1|x) = sigmoid(l1 - l0)): the same ELBO and log p(x) (tested).
 
+    With ``learn_prior`` the prior's logits are a parameter of the model (initialised at
+    ``prior``), trained with the rest by the same objective: p(x) = sum_k pi_k p(x|k) is then
+    a mixture with learned weights. A state the encoder never uses gets pi_k -> 0 instead of
+    keeping 1/K of the samples (a fixed uniform prior keeps sampling such "dead" states).
+
     Args:
         n_states: K >= 2.
         prior: p(z) for each state (sums to 1); ``None``: uniform.
+        learn_prior: learn the prior's weights (initialised at ``prior``).
     """
 
-    def __init__(self, n_states: int = 4, prior: list[float] | None = None) -> None:
+    def __init__(self, n_states: int = 4, prior: list[float] | None = None,
+                 learn_prior: bool = False) -> None:
         if isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 2:
             raise ValueError(f"n_states must be an integer >= 2, got {n_states!r}")
         if prior is not None:
@@ -97,8 +104,11 @@ class CategoricalLatent(DiscreteLatent):
                 raise ValueError(f"prior must have n_states = {n_states} entries, got {len(prior)}")
             if any(not p > 0 for p in prior) or abs(sum(prior) - 1) > 1e-6:
                 raise ValueError(f"prior must be positive and sum to 1, got {list(prior)}")
+        if not isinstance(learn_prior, bool):
+            raise ValueError(f"learn_prior must be true or false, got {learn_prior!r}")
         self.n_states = int(n_states)
         self.prior_probs = None if prior is None else [float(p) for p in prior]
+        self.learn_prior = learn_prior
 
     @property
     def encoder_dim(self) -> int:
@@ -134,7 +144,8 @@ class CategoricalLatent(DiscreteLatent):
         return z.argmax(-1) if z.dim() == 2 and z.shape[-1] == self.n_states else z.reshape(-1).long()
 
     def __repr__(self) -> str:
-        return f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs})"
+        return (f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs}, "
+                f"learn_prior={self.learn_prior})")
 
 
 class GaussianLatent(Latent):

@@ -126,12 +126,18 @@ class DiscreteVAE(nn.Module):
         self.deterministic = decoder.deterministic  # std 0: a likelihood only with spread noise
         self.encoder = mlp(data_dim, hidden, depth, latent.encoder_dim)
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
+        if getattr(latent, "learn_prior", False):
+            init = latent.log_prior(torch.zeros(()))
+            self.prior_logits = nn.Parameter(init - init.mean())
 
     def log_q(self, x: Tensor) -> Tensor:
         """log q(z | x) over the latent states, ``(B, K)``."""
         return self.latent.log_posterior(self.encoder(x))
 
     def log_prior(self, like: Tensor) -> Tensor:
+        """log p(z) for each state, ``(K,)``: the latent's, or the learned weights."""
+        if hasattr(self, "prior_logits"):
+            return torch.log_softmax(self.prior_logits.to(like.dtype), -1)
         return self.latent.log_prior(like)
 
     def decoder_params(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ ENSEMBLE_TINY = [a for a in TINY if a.startswith(("--trainer.", "--data."))]
     ("seed_spread.yaml", 1, 30),  # 1.5 epochs: crosses a reshuffle
     ("seed_spread.yaml", 6, 30),
     ("seed_elbo.yaml", 6, 100),  # past the variance collapse (~step 60)
+    ("circle_spread.yaml", 6, 30),  # 64 states with learned mixture weights, in R^3
 ])
 def test_members_equal_single_runs(tmp_path, config, k, max_steps):
     """Members of a K-step ensemble equal single K = 1 runs: weights, collapse steps."""
@@ -47,7 +48,7 @@ def test_members_equal_single_runs(tmp_path, config, k, max_steps):
             assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), (s, key, (a[key] - b[key]).abs().max())
         # ... and the training moved the weights (the test would be empty otherwise).
         torch.manual_seed(s)
-        init = VAE(objective=SpreadELBO(0.3)).net.state_dict()
+        init = VAE(data_dim=single.net.data_dim, objective=SpreadELBO(0.3), latent=single.net.latent).net.state_dict()
         assert max((a[key] - init[key]).abs().max() for key in a) > 1e-3
         single_collapse = read_scalars(singles[s]).get("decoder/collapse_step")
         assert rows[m]["collapse_step"] == (single_collapse[-1][1] if single_collapse else None)

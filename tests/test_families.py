@@ -59,10 +59,43 @@ def test_categorical_vae_enumerates_k_states_exactly():
     (dict(n_states=1), "n_states must be an integer >= 2, got 1"),
     (dict(n_states=3, prior=[0.5, 0.5]), "prior must have n_states = 3 entries"),
     (dict(n_states=2, prior=[0.7, 0.7]), "prior must be positive and sum to 1"),
+    (dict(n_states=2, learn_prior="yes"), "learn_prior must be true or false, got 'yes'"),
 ])
 def test_categorical_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         CategoricalLatent(**bad)
+
+
+def test_learned_prior_gradient_is_posterior_minus_prior():
+    """With learned weights pi = softmax(l), the ELBO's prior term is sum_k q_k log pi_k, so
+    d loss / d l = -(mean_x q(.|x) - pi): the weights move towards the encoder's usage."""
+    torch.manual_seed(0)
+    vae = DiscreteVAE(D, CategoricalLatent(5, prior=[0.1, 0.2, 0.3, 0.2, 0.2], learn_prior=True))
+    torch.testing.assert_close(vae.log_prior(_x()).exp(), torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2]))
+    x = _x()
+    loss = ELBO().terms(x, vae, step=0).loss
+    (grad,) = torch.autograd.grad(loss, vae.prior_logits)
+    q_mean = vae.log_q(x).exp().mean(0).detach()
+    torch.testing.assert_close(grad, -(q_mean - vae.log_prior(x).exp().detach()), atol=1e-6, rtol=0)
+
+
+def test_learned_prior_is_the_mixture_weight_everywhere():
+    """log p(x) and the samples use the learned weights; a fixed prior has no parameter."""
+    torch.manual_seed(0)
+    assert not hasattr(DiscreteVAE(D, CategoricalLatent(3)), "prior_logits")
+    vae = DiscreteVAE(D, CategoricalLatent(3, learn_prior=True),
+                      decoder=GaussianDecoder("fixed", fixed_std=1e-6))  # a sample's state is its nearest mean
+    with torch.no_grad():
+        vae.prior_logits.copy_(torch.tensor([0.0, 2.0, -30.0]))  # state 2: weight ~1e-14
+    x = _x()
+    loc, scale = vae.decoder_params(x)
+    weights = torch.softmax(torch.tensor([0.0, 2.0, -30.0]), 0)
+    joint = torch.stack([torch.distributions.Independent(torch.distributions.Normal(loc[k], scale[k]), 1)
+                         .log_prob(x) + weights[k].log() for k in range(3)], -1)
+    torch.testing.assert_close(vae.log_px(x), joint.logsumexp(-1), atol=0, rtol=1e-6)  # values ~ -1e12
+    samples = vae.sample(2000, generator=torch.Generator().manual_seed(0))
+    nearest = torch.cdist(samples, loc).argmin(1)
+    assert (nearest == 2).sum() == 0 and (nearest == 1).sum() > (nearest == 0).sum()
 
 
 def test_decoder_variants():

@@ -34,3 +34,14 @@ def test_delta_vae_samples_lie_on_the_line(config, tmp_path):
     s = _full(config, tmp_path)
     assert s["quality/dist_mean"][-1][1] < 0.03  # noise 0.3: samples 10x closer than the noise
     assert s["quality/mmd"][-1][1] < 0.01
+
+
+def test_circle_elbo_collapses_where_spread_samples_stay_on_the_circle(tmp_path):
+    """The same 64-state model on a circle in R^3: the ELBO's off-manifold std collapses;
+    spread (noise 0.1) does not, and its samples lie well within the noise of the circle."""
+    elbo, spread = _full("circle_elbo.yaml", tmp_path), _full("circle_spread.yaml", tmp_path)
+    assert "decoder/collapse_step" in elbo and elbo["decoder/min_likelihood_std_ratio"][-1][1] < 1e-2
+    assert "decoder/collapse_step" not in spread
+    assert spread["decoder/min_likelihood_std_ratio"][-1][1] > 0.1  # >= noise 0.1 / data scale ~0.7
+    assert spread["quality/dist_mean"][-1][1] < 0.5 * 0.1
+    assert spread["quality/dist_p95"][-1][1] < 0.1
