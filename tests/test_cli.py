@@ -325,6 +325,8 @@ def test_point_cloud_from_a_file_trains_and_skips_geometry(tmp_path):
      "a deterministic decoder has no likelihood of its own: train it with a spread objective"),
     (["--model.latent=lightning_vae.latents.CategoricalLatent", "--model.latent.n_states=0"],
      "n_states must be an integer >= 2, got 0"),
+    (["--model.latent=lightning_vae.latents.GaussianLatent", "--model.latent.iwae_samples=0"],
+     "iwae_samples must be an integer >= 1, got 0"),
     (["--model.objective.init_args.kernel=lightning_vae.kernels.Laplace"],
      "unknown class lightning_vae.kernels.Laplace"),
 ])
