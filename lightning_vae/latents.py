@@ -137,6 +137,8 @@ class CategoricalLatent(DiscreteLatent):
         return Categorical(logits=logits)
 
     def prior(self) -> Categorical:
+        """The configured prior (with ``learn_prior``, the initial one; the learned weights
+        are the model's ``net.log_prior``)."""
         return Categorical(logits=self.log_prior(torch.zeros(())))
 
     def index(self, z: Tensor) -> Tensor:
