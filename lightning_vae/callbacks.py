@@ -47,6 +47,21 @@ def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[st
     return values
 
 
+def encoder_diagnostics(q, active_threshold: float = 1e-2) -> dict[str, Tensor]:
+    """Collapse detectors from q(z|x) over a set of points (a ``torch.distributions`` object).
+
+    ``encoder/posterior_entropy``: the mean entropy of q(z|x) in nats (discrete latents:
+    exact; Gaussian: the differential entropy). At the prior's entropy (log 2 for the seed's
+    Bernoulli) the encoder ignores x: posterior collapse.
+    ``encoder/active_units`` (Gaussian latents): the number of latent dimensions u with
+    Var_x(E_q[z_u]) > ``active_threshold`` (Burda et al. 2016); 0 = posterior collapse.
+    """
+    values = {"encoder/posterior_entropy": q.entropy().mean()}
+    if not hasattr(q, "probs"):  # Independent(Normal): its mean per point, (B, dim)
+        values["encoder/active_units"] = (q.mean.var(dim=0) > active_threshold).sum().to(q.mean.dtype)
+    return values
+
+
 def _find(trainer: pl.Trainer, kind: type):
     """The trainer's first callback of type ``kind``, or None."""
     return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
@@ -171,9 +186,12 @@ class DecoderVarianceMonitor(pl.Callback):
         if trainer.sanity_checking:
             return
         loc, scale = pl_module.decoder_params()
-        # The same on every rank; sync_dist keeps DDP's epoch-level bookkeeping consistent.
-        pl_module.log("decoder/min_std_ratio_val", float(scale.min()) / trainer.datamodule.data_scale,
-                      sync_dist=True)
+        x = trainer.datamodule.val_x.to(pl_module.device)
+        q = pl_module.encode(x)
+        # The same on every rank (all of them see the whole validation set); sync_dist keeps
+        # DDP's epoch-level bookkeeping consistent.
+        pl_module.log_dict({"decoder/min_std_ratio_val": float(scale.min()) / trainer.datamodule.data_scale,
+                            **{k: float(v) for k, v in encoder_diagnostics(q).items()}}, sync_dist=True)
         writer = _tb(trainer)
         if writer is None or not trainer.is_global_zero:
             return
@@ -181,8 +199,6 @@ class DecoderVarianceMonitor(pl.Callback):
         for d in range(dim):
             _histogram(writer, f"decoder/log10_std_{axis_name(d, dim)}", scale[:, d].log10(),
                        trainer.global_step)
-        x = trainer.datamodule.val_x.to(pl_module.device)
-        q = pl_module.encode(x)
         if hasattr(q, "probs"):  # discrete: the posterior probabilities
             _histogram(writer, "encoder/q_z1", q.probs, trainer.global_step)
         else:  # Gaussian: the posterior std (near 1 everywhere is posterior collapse)

@@ -179,6 +179,8 @@ class VAE(KStepTraining, pl.LightningModule):
         logged = {f"{stage}/loss": terms.loss, **{f"{stage}/{k}": v for k, v in terms.values.items()}}
         if f"{stage}/log_px" not in logged and not self.net.deterministic:
             logged[f"{stage}/log_px"] = self.net.log_px(x).mean()  # exact, clean model
+        if f"{stage}/log_px" in logged:  # a density of continuous data: may be negative
+            logged[f"{stage}/bits_per_dim"] = -logged[f"{stage}/log_px"] / (x.shape[-1] * math.log(2))
         if not self.automatic_optimization and stage == "val":
             # Lightning would put these at its own (K-step) batch count; use the x-axis of
             # the automatic path (the last optimizer step's index) instead.
