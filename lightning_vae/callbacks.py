@@ -208,59 +208,112 @@ class DecoderVarianceMonitor(pl.Callback):
 class SampleQuality(pl.Callback):
     """Quality of clean-model samples against held-out data and the true manifold.
 
-    Logs ``quality/mmd`` (unbiased RBF MMD^2, bandwidth fixed to the median pairwise
-    distance of the validation data so that epochs are comparable), ``quality/dist_mean``
-    and ``quality/dist_p95`` (distance of samples to the manifold), and, for data with
-    modes, ``quality/mode_frac_k`` and ``quality/mode_imbalance`` (0 = even split).
+    ``n_samples`` model samples (a fixed-seed generator) against the first ``n_samples``
+    validation points, through the torchmetrics classes of ``lightning_vae.sample_metrics``:
+
+    - ``quality/mmd``: unbiased RBF MMD^2, bandwidth fixed once to the median pairwise
+      distance of the validation data (comparable across epochs; not across data sets);
+    - ``quality/energy``: energy distance (U-statistic);
+    - ``quality/sliced_w2``: sliced 2-Wasserstein, ``n_projections`` fixed directions;
+    - ``quality/w1_<axis>``: 1-D Wasserstein-1 per coordinate (data with D <= ``max_marginal_dim``);
+    - ``quality/dist_mean``, ``quality/dist_p95``: distance of samples to the manifold;
+    - for data with modes, ``quality/mode_frac_<k>``, ``quality/mode_imbalance`` (0 = even
+      split) and ``quality/mode_coverage`` (share of modes holding >= half their fair share).
+
+    MMD and energy use at most ``max_points`` points per side (an order-invariant fixed-seed
+    subsample). Under DDP every rank draws the same samples (same weights, same seed) and
+    feeds its share of the points (rows ``rank::world_size``); the metrics gather them, so
+    every rank logs the value one process would.
 
     Args:
         n_samples: number of model samples and of validation points compared.
-        every_n_epochs: run after every n-th validation epoch and the last one (each run
-            costs ~30 ms: sampling and three 2000 x 2000 kernel matrices).
+        every_n_epochs: run after every n-th validation epoch and the last one.
         seed: seed of the sampling generator (same samples' noise every time).
+        max_points: subsample size per side for MMD and energy (None: all points).
+        n_projections: directions of the sliced Wasserstein distance.
+        max_marginal_dim: per-coordinate Wasserstein only up to this data dimension.
     """
 
-    def __init__(self, n_samples: int = 2000, every_n_epochs: int = 5, seed: int = 0) -> None:
+    def __init__(self, n_samples: int = 2000, every_n_epochs: int = 5, seed: int = 0,
+                 max_points: int | None = 2000, n_projections: int = 128, max_marginal_dim: int = 5) -> None:
         if n_samples < 2:
             raise ValueError(f"n_samples must be >= 2, got {n_samples}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if max_marginal_dim < 0:
+            raise ValueError(f"max_marginal_dim must be >= 0, got {max_marginal_dim}")
         self.n_samples, self.every_n_epochs, self.seed = n_samples, every_n_epochs, seed
-        self._bandwidth: Tensor | None = None
-        self._data_term: Tensor | None = None
+        self.max_points, self.n_projections, self.max_marginal_dim = max_points, n_projections, max_marginal_dim
+        self._metrics: dict | None = None
         self._said_no_geometry = False
 
-    @torch.no_grad()
-    def compute(self, pl_module, datamodule) -> dict[str, float]:
-        """The quality numbers of the current model, as plain floats."""
+    def _build(self, datamodule, device: torch.device) -> dict:
+        """The metric objects, once per run (the bandwidth is fixed by the data)."""
+        from lightning_vae import sample_metrics as sm
+
         data = datamodule.val_x[: self.n_samples]
-        if self._bandwidth is None:  # the data are fixed: bandwidth and data-data term once
-            self._bandwidth = metrics.median_bandwidth(data[: len(data) // 2], data[len(data) // 2 :])
-            self._data_term = metrics.within_kernel_mean(data, self._bandwidth)
-        g = torch.Generator().manual_seed(self.seed)
-        x = pl_module.sample(self.n_samples, generator=g).cpu().float()
-        values = {"quality/mmd": metrics.mmd_rbf(x, data, self._bandwidth, yy=self._data_term)}
+        bandwidth = float(metrics.median_bandwidth(data[: len(data) // 2], data[len(data) // 2 :]))
+        two_sample = {
+            "mmd": sm.MMD(bandwidth=max(bandwidth, metrics.MIN_BANDWIDTH), max_points=self.max_points,
+                          seed=self.seed),
+            "energy": sm.EnergyDistance(max_points=self.max_points, seed=self.seed),
+            "sliced_w2": sm.SlicedWasserstein(n_projections=self.n_projections, p=2, seed=self.seed),
+        }
+        if data.shape[1] <= self.max_marginal_dim:
+            two_sample["w1"] = sm.MarginalWasserstein(p=1)
+        geometry = {}
         manifold = datamodule.manifold
-        if not getattr(manifold, "has_geometry", True):
+        if getattr(manifold, "has_geometry", True):
+            geometry["dist"] = sm.ManifoldDistance(manifold)
+            if manifold.n_components:
+                geometry["mode"] = sm.ModeBalance(manifold)
+        for m in (*two_sample.values(), *geometry.values()):
+            m.to(device)
+        return {"two_sample": two_sample, "geometry": geometry}
+
+    @torch.no_grad()
+    def compute(self, pl_module, datamodule, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """The quality numbers of the current model, as plain floats (the same on every rank)."""
+        device = next(pl_module.parameters()).device
+        if self._metrics is None:
+            self._metrics = self._build(datamodule, device)
+        share = slice(rank, None, world_size)
+        data = datamodule.val_x[: self.n_samples].to(device)[share]
+        g = torch.Generator().manual_seed(self.seed)
+        x = pl_module.sample(self.n_samples, generator=g).float()[share]
+        values = {}
+        for name, m in self._metrics["two_sample"].items():
+            m.reset()
+            m.update(x.to(device), data)
+            value = m.compute()
+            if name == "w1":
+                dim = value.shape[0]
+                values.update({f"quality/w1_{axis_name(d, dim)}": value[d] for d in range(dim)})
+            else:
+                values[f"quality/{name}"] = value
+        geometry = self._metrics["geometry"]
+        if not geometry:
             if not self._said_no_geometry:
-                _warn(f"{manifold!r} has no known manifold: quality/dist_* and quality/mode_* "
-                      f"are skipped (quality/mmd is logged)")
+                _warn(f"{datamodule.manifold!r} has no known manifold: quality/dist_* and quality/mode_* "
+                      f"are skipped (the two-sample metrics are logged)")
                 self._said_no_geometry = True
-            return {k: float(v) for k, v in values.items()}
-        dist = manifold.distance(x)
-        values["quality/dist_mean"] = dist.mean()
-        values["quality/dist_p95"] = dist.quantile(0.95) if dist.isfinite().all() else dist.max()
-        if manifold.n_components:
-            frac = metrics.mode_fractions(manifold.component(x), manifold.n_components)
-            values.update({f"quality/mode_frac_{k}": f for k, f in enumerate(frac)})
-            values["quality/mode_imbalance"] = metrics.mode_imbalance(frac)
+        for m in geometry.values():
+            m.reset()
+            m.update(x.cpu())  # the geometry in float64 on the CPU; states on the metric's device
+        if "dist" in geometry:
+            dist = geometry["dist"].compute()
+            values.update({"quality/dist_mean": dist["mean"], "quality/dist_p95": dist["p95"]})
+        if "mode" in geometry:
+            mode = geometry["mode"].compute()
+            values.update({f"quality/mode_{k}": v for k, v in mode.items()})
         return {k: float(v) for k, v in values.items()}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not _due_epoch(trainer, self.every_n_epochs):
             return
-        for k, v in self.compute(pl_module, trainer.datamodule).items():
-            pl_module.log(k, v, sync_dist=True)  # identical on every rank (same seed, same data)
+        values = self.compute(pl_module, trainer.datamodule, trainer.global_rank, trainer.world_size)
+        for k, v in values.items():
+            pl_module.log(k, v, sync_dist=True)  # identical on every rank already
 
 
 class SampleFigure(pl.Callback):
@@ -448,8 +501,9 @@ class HParamsSummary(pl.Callback):
     never collapsed, and ``hp/diverged`` is 1 when the run stopped on a non-finite loss.
     """
 
-    KEYS = ("val/loss", "val/log_px", "quality/mmd", "quality/dist_mean", "quality/mode_imbalance",
-            "decoder/min_std_ratio_val")
+    KEYS = ("val/loss", "val/log_px", "quality/mmd", "quality/energy", "quality/sliced_w2",
+            "quality/dist_mean", "quality/dist_p95", "quality/mode_imbalance", "decoder/min_std_ratio_val",
+            "encoder/posterior_entropy")
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -58,6 +58,8 @@ def format_summary(title: str, config: str, s: dict, wall: float, line_entropy: 
     fracs = [s[k] for k in sorted(s) if k.startswith("quality/mode_frac_")]
     lines.append(f"   clean samples      MMD^2 {s['quality/mmd']:.2e}  mean dist to manifold "
                  f"{s['quality/dist_mean']:.2e}  mode fractions {' / '.join(f'{f:.2f}' for f in fracs)}")
+    lines.append(f"                      energy {s['quality/energy']:.2e}  sliced W2 {s['quality/sliced_w2']:.2e}  "
+                 f"W1 per axis {' / '.join(f'{s[k]:.2e}' for k in sorted(s) if k.startswith('quality/w1_'))}")
     lines.append(f"   held-out log p(x)  {s['val_log_px']:.3f} (exact, clean model)")
     return "\n".join(lines)
 

@@ -194,7 +194,9 @@ class ManifoldDistance(Metric):
         self.add_state("distances", default=[], dist_reduce_fx="cat")
 
     def update(self, samples: Tensor) -> None:
-        self.distances.append(self.manifold.distance(samples.detach()))
+        # The geometry may be computed elsewhere (e.g. CPU samples); the state lives on the
+        # metric's device, where DDP gathers it.
+        self.distances.append(self.manifold.distance(samples.detach()).to(self.device))
 
     def compute(self) -> dict[str, Tensor]:
         d = _cat(self.distances)

@@ -20,3 +20,16 @@ def test_bench_steps_runs_and_prints_ratios():
         hand, fit, ratio = float(r[2]), float(r[3]), float(r[4])
         assert hand > 0 and fit > 0
         assert abs(ratio - fit / hand) < 0.01 + 0.01 * ratio  # the printed ratio is fit / hand
+
+
+def test_bench_metrics_runs_and_prints_the_total():
+    proc = subprocess.run([sys.executable, "benchmarks/bench_metrics.py", "--n", "500", "--repeats", "1"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {ln[:20].strip(): ln[20:].split() for ln in proc.stdout.splitlines()[2:-1]}
+    assert set(rows) == {"MMD", "energy", "sliced W2", "marginal W1", "MMD, all points", "energy, all points"}
+    # 500 points is under the 2,000-point subsample: the subsampled and full MMD agree.
+    assert rows["MMD"][0] == "500" and float(rows["MMD"][2]) == float(rows["MMD, all points"][2])
+    default = sum(float(rows[k][1]) for k in ("MMD", "energy", "sliced W2"))
+    total = float(proc.stdout.splitlines()[-1].split(": ")[1].split(" s")[0])
+    assert abs(total - default) <= 0.002  # the printed total is the sum of its three rows (3 decimals)

@@ -67,6 +67,21 @@ def compute_all(samples: torch.Tensor, data: torch.Tensor) -> dict[str, dict[str
     return out
 
 
+def callback_values(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """What the SampleQuality callback logs for a fixed untrained model, computed on this
+    rank's share of samples and validation points (rows rank::world_size)."""
+    from lightning_vae.callbacks import SampleQuality
+    from lightning_vae.data import ManifoldDataModule
+    from lightning_vae.model import VAE
+
+    torch.manual_seed(0)
+    model = VAE()
+    dm = ManifoldDataModule(n_train=512, n_val=2501, n_test=256)
+    dm.setup()
+    values = SampleQuality(n_samples=2501).compute(model, dm, rank, world_size)
+    return {k: torch.tensor(v) for k, v in values.items()}
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     # One thread per process on a small machine. The one-process reference sums with more
@@ -76,6 +91,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         samples, data = make_points()
         result = compute_all(samples[rank::WORLD_SIZE], data[rank::WORLD_SIZE])
+        result["callback"] = callback_values(rank, WORLD_SIZE)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -104,7 +120,8 @@ def ddp_results(tmp_path_factory) -> list[dict]:
 
 
 def test_ddp_equals_one_process(ddp_results):
-    expected = compute_all(*make_points())
+    expected = {**compute_all(*make_points()), "callback": callback_values(0, 1)}
+    assert len(expected["callback"]) == 11  # mmd, energy, sliced_w2, w1 x/y, dist x2, mode x4
     report = []
     for name, values in expected.items():
         diff = max((ranked[name][key].double() - value.double()).abs().max().item()
