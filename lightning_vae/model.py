@@ -148,12 +148,27 @@ class VAE(KStepTraining, pl.LightningModule):
         self._noise_state = checkpoint.get("noise_generator_state")
         self._noise = None
 
+    def on_fit_start(self) -> None:
+        # (world size, rank): read once, not per step.
+        self.__dict__["_shard"] = (self.trainer.world_size, self.trainer.global_rank)
+
     def _train_terms(self, x: Tensor, step: int, values: bool = True):
         generator = self.noise_generator(x.device)
-        y = self.objective.perturb(x, generator, step)
+        world, rank = self.__dict__.get("_shard", (1, 0))
+        if world == 1:
+            y = self.objective.perturb(x, generator, step)
+        else:
+            # DDP: rank r's batch is rows r*B:(r+1)*B of the global batch one process would
+            # see (data/datamodule.py). Every rank draws the global batch's noise from the
+            # same generator and keeps its own rows: the run sees exactly the noise of the
+            # one-process run with batch size world * B.
+            rows = slice(rank * len(x), (rank + 1) * len(x))
+            y = self.objective.perturb(x.repeat(world, *([1] * (x.dim() - 1))), generator, step)[rows]
         eps = None  # a Gaussian latent's draws come from the same per-run generator
         if not self.net.enumerable:
-            eps = self.net.latent.draw(len(y), training=True, generator=generator, like=y)
+            eps = self.net.latent.draw(world * len(y), training=True, generator=generator, like=y)
+            if world > 1:
+                eps = eps[:, rows]
         terms = self.objective.terms(y, self.net, step=step, values=values, eps=eps)
         # Not nn.Module.__setattr__ (~3 us of parameter/buffer bookkeeping a step): a plain
         # attribute holding a detached tensor.

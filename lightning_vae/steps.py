@@ -102,10 +102,12 @@ class KStepTraining:
         trainer = self.trainer
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         every = trainer.log_every_n_steps
-        # In full precision, backward needs none of what manual_backward adds (loss scaling),
-        # only two more rounds of hooks over every callback: with K > 1 callbacks'
-        # on_before/after_backward are not called.
-        plain_backward = type(trainer.precision_plugin) is Precision
+        # In full precision on one device, backward needs none of what manual_backward adds
+        # (loss scaling), only two more rounds of hooks over every callback: with K > 1
+        # callbacks' on_before/after_backward are not called. Under DDP manual_backward is
+        # what prepares DDP's reducer for each backward, so that every step's gradients are
+        # averaged over the ranks (a bare backward would leave each rank its own).
+        plain_backward = type(trainer.precision_plugin) is Precision and trainer.world_size == 1
         hooks = self._step_hooks
         # Bound once: attribute lookups on Lightning's wrappers cost ~1 us each, per step.
         zero_grad, torch_step = optimizer.zero_grad, optimizer.optimizer.step
