@@ -9,6 +9,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -372,25 +373,111 @@ class SampleFigure(pl.Callback):
         self._draw(trainer, pl_module)
 
 
-class DivergenceGuard(pl.Callback):
-    """Ends a diverging run cleanly instead of crashing or training on NaNs.
+_POLICIES = ("stop", "skip", "rollback")
 
-    Before each optimizer step the gradient norm is checked (and logged as
-    ``train/grad_norm``); if it or the loss is not finite the step is skipped (the
-    gradients are dropped, so the weights stay finite), a checkpoint of those finite
-    weights is written as ``last-finite.ckpt``, a one-paragraph diagnosis goes to stderr,
-    and training stops. The process then exits normally.
+
+def _clone_state(state: dict) -> dict:
+    """A copy of one parameter's optimizer state (tensors cloned, nothing shared)."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every floating tensor of ``tensors`` is finite (one host read)."""
+    flags = [torch.isfinite(t).all() for t in tensors if isinstance(t, Tensor) and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+class DivergenceGuard(pl.Callback):
+    """Ends a diverging run cleanly, or recovers from non-finite steps, by ``policy``.
+
+    Before each optimizer step the gradient norm is computed (and logged as
+    ``train/grad_norm``). That check is the single source of truth: a NaN/inf loss gives a
+    NaN/inf gradient through backward (the non-finite value reaches the gradient of the op
+    that produced it), so a non-finite step is caught before it can touch the weights: its
+    gradients are dropped (the optimizer skips parameters without a gradient, so the step
+    is a no-op) and the policy acts:
+
+    - ``"stop"`` (default): training stops; the finite weights are saved as
+      ``checkpoints/last-finite.ckpt``, a one-paragraph diagnosis goes to stderr, and the
+      process exits normally (``hp/diverged`` 1).
+    - ``"skip"``: the step is skipped and training goes on; ``train/skipped_steps`` (the
+      total so far) is logged at each skipped step. The guard gives up, with the stop
+      diagnosis, after ``max_skips`` skipped steps *in a row* (a finite step resets the
+      count: a run with rare spikes goes on, one stuck on every step stops), or at once when
+      the weights themselves are non-finite (skipping cannot help then).
+    - ``"rollback"``: the weights and the optimizer state (Adam's moments, momentum
+      buffers, step counts) are restored bit-exactly from an in-memory snapshot of the last
+      finite state, and the learning rate of every parameter group is multiplied by
+      ``lr_factor`` for the rest of the run (a schedule's ``base_lrs`` and the groups'
+      ``initial_lr`` too, so a cosine schedule keeps the lower rate); training goes on, and
+      ``train/rollbacks`` and ``train/lr_scale`` (the product of the factors) are logged and
+      one line goes to stderr. The snapshot is taken at the start of training and then every
+      ``snapshot_every_n_steps`` optimizer steps (before a step whose gradient is finite, if
+      the weights and optimizer state are). After ``max_rollbacks`` rollbacks the next
+      non-finite step stops the run with the diagnosis (on the snapshot's weights if the
+      current ones are not finite). The schedule is not rewound and ``global_step`` keeps
+      counting: the rolled-back steps count as steps, data order and noise go on from where
+      they were, and ``max_steps`` ends the run at the same step as without a rollback.
+
+    A step whose loss is non-finite while its gradient is finite (the check above missed
+    it; not seen with this package's objectives) has already been taken: every policy then
+    stops with the diagnosis. ``diverged`` is set only when the run stopped on divergence
+    (``hp/diverged`` 1); ``skipped`` and ``rollbacks`` count what a recovering policy did.
+    It all works the same at any ``steps_per_batch``.
+
+    Args:
+        policy: "stop", "skip" or "rollback".
+        max_skips: ``skip``: stop after this many non-finite steps skipped in a row.
+        lr_factor: ``rollback``: the learning rate is multiplied by this at each rollback,
+            in (0, 1].
+        max_rollbacks: ``rollback``: stop at the non-finite step after this many rollbacks.
+        snapshot_every_n_steps: ``rollback``: refresh the in-memory snapshot every n
+            optimizer steps.
     """
 
-    def __init__(self) -> None:
-        self.diverged: dict | None = None
+    def __init__(self, policy: Literal["stop", "skip", "rollback"] = "stop", max_skips: int = 100,
+                 lr_factor: float = 0.1, max_rollbacks: int = 3, snapshot_every_n_steps: int = 50) -> None:
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be 'stop', 'skip' or 'rollback', got {policy!r}")
+        if not isinstance(max_skips, int) or max_skips < 0:
+            raise ValueError(f"max_skips must be an integer >= 0, got {max_skips!r}")
+        if not 0 < lr_factor <= 1:
+            raise ValueError(f"lr_factor must be in (0, 1], got {lr_factor!r}")
+        if not isinstance(max_rollbacks, int) or max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be an integer >= 0, got {max_rollbacks!r}")
+        if not isinstance(snapshot_every_n_steps, int) or snapshot_every_n_steps < 1:
+            raise ValueError(f"snapshot_every_n_steps must be an integer >= 1, "
+                             f"got {snapshot_every_n_steps!r}")
+        self.policy, self.max_skips, self.lr_factor = policy, max_skips, lr_factor
+        self.max_rollbacks, self.snapshot_every_n_steps = max_rollbacks, snapshot_every_n_steps
+        self.diverged: dict | None = None  # set when the run stopped on divergence
+        self.skipped = 0  # non-finite steps skipped (policy "skip"), in total
+        self.rollbacks = 0  # rollbacks done (policy "rollback")
+        self.lr_scale = 1.0  # lr_factor ** rollbacks
+        self._skips_in_a_row = 0
+        self._first_in_a_row: int | None = None  # the first step of the current run of skips
         self._grad_norm: float | None = None
-        self._bad_grads_at: int | None = None  # optimizer step of the first skipped step
+        self._stop_at: int | None = None  # the optimizer step at which the guard gave up
+        self._reason: str | None = None  # why a recovering policy gave up
+        self._recovered: set[int] = set()  # steps of this Lightning step skipped or rolled back
+        self._snapshot: dict | None = None  # rollback: step, model state, optimizer states
         self._params: list[Tensor] = []
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped, "rollbacks": self.rollbacks, "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+        self.rollbacks = state_dict.get("rollbacks", 0)
+        self.lr_scale = state_dict.get("lr_scale", 1.0)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
         self._params = list(pl_module.parameters())
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.policy == "rollback":  # after a resume's restore: the state training starts from
+            self._take_snapshot(trainer, pl_module, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         params = self._params or list(pl_module.parameters())
@@ -402,37 +489,158 @@ class DivergenceGuard(pl.Callback):
         step, every = trainer.global_step, trainer.log_every_n_steps
         if every and (step + 1) % every == 0:  # at x = step, like the step's train/loss
             log_scalars(trainer, {"train/grad_norm": self._grad_norm}, step)
-        if not math.isfinite(self._grad_norm):
-            for p in params:
-                p.grad = None  # Adam skips parameters without a gradient: the step is a no-op
-            if self._bad_grads_at is None:
-                self._bad_grads_at = trainer.global_step
-            trainer.should_stop = True  # also ends a K-step batch here, on finite weights
+        if math.isfinite(self._grad_norm):
+            self._skips_in_a_row = 0
+            if (self.policy == "rollback" and step % self.snapshot_every_n_steps == 0
+                    and (self._snapshot is None or self._snapshot["step"] != step)):
+                self._take_snapshot(trainer, pl_module, step)
+            return
+        for p in params:
+            p.grad = None  # Adam and SGD skip parameters without a gradient: the step is a no-op
+        if self._stop_at is not None:
+            return
+        if self.policy == "skip":
+            self._skip(trainer, pl_module, step)
+        elif self.policy == "rollback":
+            self._rollback(trainer, pl_module, step)
+        else:
+            self._give_up(trainer, step)
+
+    def _give_up(self, trainer, step: int, reason: str | None = None) -> None:
+        """Stop at ``step`` (the diagnosis follows at the end of the Lightning step)."""
+        self._stop_at, self._reason = step, reason
+        trainer.should_stop = True  # also ends a K-step batch here, on finite weights
+
+    def _skip(self, trainer, pl_module, step: int) -> None:
+        if not _all_finite(self._params or pl_module.parameters()):
+            self._give_up(trainer, step, "the weights themselves were non-finite, so skipping "
+                                         "the step could not help")
+            return
+        if self._skips_in_a_row >= self.max_skips:
+            self._give_up(trainer, step, f"{self._skips_in_a_row} non-finite steps in a row, from "
+                                         f"step {self._first_in_a_row}, had been skipped (max_skips "
+                                         f"{self.max_skips}; {self.skipped} in all)")
+            return
+        if self._skips_in_a_row == 0:
+            self._first_in_a_row = step
+        self.skipped += 1
+        self._skips_in_a_row += 1
+        self._recovered.add(step)
+        log_scalars(trainer, {"train/skipped_steps": self.skipped}, step)
+        if self.skipped == 1:
+            _warn(f"Divergence guard (policy 'skip'): non-finite gradient at step {step} (norm "
+                  f"{self._grad_norm:.4g}); the step was skipped and training goes on (later skips "
+                  f"are counted in train/skipped_steps).")
+
+    @torch.no_grad()
+    def _take_snapshot(self, trainer, pl_module, step: int) -> None:
+        """Keep the current weights and optimizer states in memory, if they are all finite."""
+        model = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        optimizers = [{p: _clone_state(s) for p, s in opt.state.items()} for opt in trainer.optimizers]
+        tensors = [*model.values(), *(v for o in optimizers for s in o.values() for v in s.values())]
+        if _all_finite(tensors):
+            self._snapshot = {"step": step, "model": model, "optimizers": optimizers}
+
+    @torch.no_grad()
+    def _restore_snapshot(self, trainer, pl_module) -> None:
+        """The snapshot's weights and optimizer states, in place (the optimizers, schedulers
+        and Lightning's wrappers keep their references), bit-exact; the snapshot is kept."""
+        snap = self._snapshot
+        pl_module.load_state_dict(snap["model"])  # copies into the existing tensors
+        for opt, saved in zip(trainer.optimizers, snap["optimizers"]):
+            opt.state.clear()
+            opt.state.update({p: _clone_state(s) for p, s in saved.items()})
+
+    def _rollback(self, trainer, pl_module, step: int) -> None:
+        if self._snapshot is None:
+            self._give_up(trainer, step, "there was no finite snapshot to roll back to")
+            return
+        if self.rollbacks >= self.max_rollbacks:
+            if not _all_finite(self._params or pl_module.parameters()):
+                self._restore_snapshot(trainer, pl_module)  # so the saved weights are finite
+            n = self.rollbacks
+            self._give_up(trainer, step, f"it had rolled back {n} time{'s' * (n != 1)} already "
+                                         f"(max_rollbacks {self.max_rollbacks}; learning rate "
+                                         f"x{self.lr_scale:g} of the configured one)")
+            return
+        self._restore_snapshot(trainer, pl_module)
+        self.rollbacks += 1
+        self.lr_scale *= self.lr_factor
+        self._recovered.add(step)
+        f = self.lr_factor
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] *= f
+                if "initial_lr" in group:  # what a schedule built on this optimizer starts from
+                    group["initial_lr"] *= f
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if hasattr(scheduler, "base_lrs"):  # LambdaLR & co. set lr = base_lr * factor(step)
+                scheduler.base_lrs = [lr * f for lr in scheduler.base_lrs]
+            if hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        log_scalars(trainer, {"train/rollbacks": self.rollbacks, "train/lr_scale": self.lr_scale}, step)
+        lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        _warn(f"Divergence guard (policy 'rollback'): non-finite gradient at step {step}; rolled "
+              f"back to the weights and optimizer state of step {self._snapshot['step']}, learning "
+              f"rate x{f:g} (now {lr:.4g}, x{self.lr_scale:g} of the configured schedule); rollback "
+              f"{self.rollbacks} of {self.max_rollbacks}.")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
-        grad_norm = self._grad_norm
         if self.diverged is not None:
             return
-        bad_loss = loss is not None and not bool(torch.isfinite(loss).all())
-        if bad_loss or (self._bad_grads_at is not None):
-            if loss is not None and loss.dim() > 0:  # the first non-finite of the K steps
-                loss = loss[~torch.isfinite(loss)][0] if bad_loss else loss[-1]
-            self._stop(trainer, pl_module, loss, grad_norm)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
+        recovered, self._recovered = self._recovered, set()
+        if self._stop_at is None and (loss is None or bool(torch.isfinite(loss).all())):
+            return
+        rows = first = None
+        if loss is not None:  # (K,), (K, M) for an ensemble, or () for Lightning's automatic step
+            rows = loss.reshape(1, -1) if loss.dim() == 0 else loss.reshape(len(loss), -1)
+            first = trainer.global_step - len(rows)  # the optimizer step of rows[0]
+        if self._stop_at is None:
+            # A non-finite loss whose gradient was finite (not skipped or rolled back here):
+            # its step was taken, which no policy can undo.
+            bad = (~torch.isfinite(rows)).any(-1).nonzero().flatten().tolist()
+            missed = [first + i for i in bad if first + i not in recovered]
+            if not missed:
+                return
+            self._give_up(trainer, missed[0], None if self.policy == "stop" else
+                          "the loss was non-finite though its gradient was finite, so the step "
+                          "had been taken")
+        if rows is not None:  # the loss of the step it stopped at
+            i = self._stop_at - first
+            loss = rows[i if 0 <= i < len(rows) else -1].sum()
+        self._stop(trainer, pl_module, loss, self._grad_norm)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.diverged is None and (self.skipped or self.rollbacks):
+            n = self.skipped if self.policy == "skip" else self.rollbacks
+            done = (f"{n} non-finite step{'s' * (n != 1)} skipped" if self.policy == "skip" else
+                    f"{n} rollback{'s' * (n != 1)}, learning rate x{self.lr_scale:g}")
+            _warn(f"Divergence guard (policy '{self.policy}'): {done}; training finished on finite "
+                  f"weights at step {trainer.global_step}.")
 
     def _stop(self, trainer, pl_module, loss, grad_norm) -> None:
-        # The first skipped step (global_step has already advanced past it).
-        step = self._bad_grads_at if self._bad_grads_at is not None else trainer.global_step - 1
         weights_finite = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
         ckpt = None
         if weights_finite and trainer.log_dir is not None:
             ckpt = Path(trainer.log_dir) / "checkpoints" / "last-finite.ckpt"
             trainer.save_checkpoint(ckpt)
         trainer.should_stop = True
-        self.diverged = {"step": step, "loss": float(loss) if loss is not None else math.nan,
+        self.diverged = {"step": self._stop_at, "loss": float(loss) if loss is not None else math.nan,
                          "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                         "checkpoint": str(ckpt) if ckpt else None}
+                         "checkpoint": str(ckpt) if ckpt else None, "policy": self.policy,
+                         "reason": self._reason}
         _warn(self.diagnosis(trainer, pl_module))
+
+    def _policy_text(self) -> str:
+        """What the policy did, and why it stopped (the diagnosis' last sentences)."""
+        reason = self.diverged.get("reason")
+        if reason is None:
+            return (f"Divergence policy '{self.policy}': the step was skipped and training "
+                    f"stopped cleanly")
+        return (f"Divergence policy '{self.policy}' gave up: {reason}. The step was skipped and "
+                f"training stopped cleanly")
 
     @torch.no_grad()
     def diagnosis(self, trainer, pl_module) -> str:
@@ -465,8 +673,8 @@ class DivergenceGuard(pl.Callback):
         return (f"Training diverged at step {d['step']}: the loss was {d['loss']:.4g} and its "
                 f"gradient norm {d['grad_norm']:.4g}. Decoder std per axis and latent state at "
                 f"the last finite weights: {stds} (training-data std per axis: {data}).{crossed} "
-                f"{why} The step was skipped and training stopped cleanly; {kept}; TensorBoard "
-                f"logs are in {trainer.log_dir}.")
+                f"{why} {self._policy_text()}; {kept}; TensorBoard logs are in "
+                f"{trainer.log_dir}.")
 
 
 class PredictionWriter(BasePredictionWriter):
