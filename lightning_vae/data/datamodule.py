@@ -142,6 +142,17 @@ class ManifoldDataModule(pl.LightningDataModule):
         self.val_x: Tensor | None = None
         self.test_x: Tensor | None = None
 
+    def check_size(self) -> None:
+        """Raise if the manifold cannot supply ``n_train + n_val + n_test`` distinct points (a
+        user's point cloud holds finitely many). ``setup`` would find out too, but only once
+        training has started; the CLI calls this before anything is written."""
+        available = getattr(self.manifold, "n_points", None)
+        total = self.n_train + self.n_val + self.n_test
+        if available is not None and total > available:
+            raise ValueError(
+                f"n_train + n_val + n_test must be <= {available} (the points in {self.manifold!r}), "
+                f"got {self.n_train} + {self.n_val} + {self.n_test} = {total}")
+
     @property
     def data_dim(self) -> int:
         """Ambient dimension D of the data (linked to the model by the CLI)."""

@@ -91,6 +91,7 @@ class Manifold:
     intrinsic_dim: int | None
     n_components: int = 0
     has_geometry: bool = True
+    n_points: int | None = None  # how many distinct points ``sample`` can draw (None: no limit)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -92,7 +92,8 @@ def load_points(path: str | Path) -> Tensor:
     if bad.any():
         row = int(bad.any(dim=1).nonzero()[0, 0])
         raise ValueError(
-            f"{path} holds {int(bad.sum())} non-finite values (NaN, inf, or beyond float32); "
+            f"expected finite numbers, but {path} holds {int(bad.sum())} non-finite values "
+            f"(NaN, inf, or beyond float32); "
             f"the first is in row {row} (counting data rows from 0)")
     return x.contiguous()
 
@@ -122,6 +123,11 @@ class PointCloud(Manifold):
 
     def __repr__(self) -> str:
         return f"PointCloud({self.path!r})"
+
+    @property
+    def n_points(self) -> int:
+        """How many points the file holds: the most ``sample`` can draw."""
+        return len(self.points)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         if n > len(self.points):
