@@ -1,6 +1,15 @@
-"""Entry point: ``python -m lightning_vae fit --config configs/seed_spread.yaml``."""
+"""Entry point: ``python -m lightning_vae fit --config configs/seed_spread.yaml``; also
+``python -m lightning_vae sweep ...`` (``lightning_vae/sweep.py``). Every other subcommand is
+LightningCLI's (fit, validate, test, predict)."""
 
-from lightning_vae.cli import main
+import sys
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["sweep"]:
+        from lightning_vae.sweep import main as sweep
+
+        sweep(sys.argv[2:])
+    else:
+        from lightning_vae.cli import main
+
+        main()

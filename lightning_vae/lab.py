@@ -39,7 +39,7 @@ def final_values(run_dir: Path) -> dict:
     scalars = read_scalars(run_dir)
     out = {tag: series[-1][1] for tag, series in scalars.items() if series}
     out["collapsed"] = "decoder/collapse_step" in scalars
-    out["diverged"] = bool(out.get("hp/diverged", 0)) or not math.isfinite(out.get("train/loss", math.nan))
+    out["diverged"] = bool(out.get("hp/diverged", 0)) or not math.isfinite(out.get("train/loss", 0.0))
     return out
 
 
@@ -54,9 +54,9 @@ def _stat(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    """Markdown: one row per config, mean ± std over its seeds."""
-    head = ["config", "seeds", *[c[1] for c in COLUMNS], "collapsed", "diverged", "wall s / run"]
+def table(results: dict[str, list[dict]], label: str = "config") -> str:
+    """Markdown: one row per config (or grid point), mean ± std over its seeds."""
+    head = [label, "seeds", *[c[1] for c in COLUMNS], "collapsed", "diverged", "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for config, runs in results.items():
         ok = [r for r in runs if r["rc"] == 0]
