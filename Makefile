@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds lab
+.PHONY: setup seed test test-slow seeds lab study
 
 setup:
 	@scripts/setup.sh
@@ -21,3 +21,6 @@ seeds: setup  ## 10-seed loop of both seed configs
 
 lab: setup  ## every experiment config over seeds 0-2, one table (README: Beyond the seed)
 	@$(PY) -m lightning_vae.lab configs/*.yaml --seeds 0-2
+
+study:  ## the seed study: ELBO vs spread at noise 0.1/0.3/1.0, 10 seeds each, and its report
+	@scripts/reproduce_study.sh
