@@ -732,9 +732,15 @@ class HParamsSummary(pl.Callback):
             params.update(_plain_params(datamodule.hparams, prefix="data/"))
         # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
         params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
-        exp, ssi, sei = hparams(params, values)
+        # Only the session's start and end: a run that writes its own experiment summary
+        # (torch's ``exp``) makes TensorBoard show the columns of whichever run it reads
+        # first, so a setting only some runs have (spread's noise_std next to an ELBO run) got
+        # no column. Without one, TensorBoard builds the experiment from every run's session:
+        # the union of their hyperparameters, marked where they differ (the metric columns
+        # are then every scalar tag; the hp/* ones hold the final values).
+        _, ssi, sei = hparams(params, values)
         fw = writer._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (ssi, sei):
             fw.add_summary(summary)
         write_scalars(writer, values, trainer.global_step)
         writer.flush()
