@@ -73,12 +73,25 @@ def _curves(groups: dict[str, list[dict]], tag: str):
     return out
 
 
-def _line_plot(groups, tag: str, ylabel: str, path: Path, log: bool = False, symlog: bool = False) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return True
+
+
+def _line_plot(groups, tag: str, ylabel: str, path: Path, log: bool = False, symlog: bool = False) -> bool:
+    plt = _pyplot()
     curves = _curves(groups, tag)
     if not curves:
         return False
@@ -94,18 +107,12 @@ def _line_plot(groups, tag: str, ylabel: str, path: Path, log: bool = False, sym
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _samples_plot(groups, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    plt = _pyplot()
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     images = {}
@@ -125,17 +132,11 @@ def _samples_plot(groups, path: Path) -> bool:
     for ax, (name, img) in zip(axes.flat, images.items()):
         ax.imshow(img)
         ax.set_title(name, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _sigma_plot(groups, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     by_sigma: dict[float | None, list[dict]] = {}
     for runs in groups.values():
@@ -164,10 +165,7 @@ def _sigma_plot(groups, path: Path) -> bool:
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def write_report(root: Path, out: Path) -> dict[str, Path]:
