@@ -349,7 +349,7 @@ class EnsembleCLI(VAECLI):
         parser.link_arguments("data.steps_per_batch", "model.steps_per_batch")
         parser.add_lightning_class_args(EnsembleMonitor, "ensemble_monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1, **LOGGER_DEFAULT,
+        parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.save_top_k": 1, **LOGGER_DEFAULT,
                              "model.seeds": list(range(10)),
                              "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH})
 
