@@ -34,9 +34,10 @@ COLUMNS = [
 ]
 
 
-def final_values(run_dir: Path) -> dict:
-    """Final value of each scalar tag of a run; ``collapsed`` and ``diverged`` flags."""
-    scalars = read_scalars(run_dir)
+def final_values(run_dir: Path, scalars: dict | None = None) -> dict:
+    """Final value of each scalar tag of a run; ``collapsed`` and ``diverged`` flags.
+    ``scalars``: the run's ``read_scalars`` when the caller has already read them."""
+    scalars = read_scalars(run_dir) if scalars is None else scalars
     out = {tag: series[-1][1] for tag, series in scalars.items() if series}
     out["collapsed"] = "decoder/collapse_step" in scalars
     out["diverged"] = bool(out.get("hp/diverged", 0)) or not math.isfinite(out.get("train/loss", 0.0))

@@ -180,8 +180,9 @@ def write_report(root: Path, out: Path) -> dict[str, Path]:
             walls[Path(row["run"]).resolve()] = row.get("wall_s", math.nan)
     groups: dict[str, list[dict]] = {}
     for run in runs:
+        scalars = read_scalars(run)  # the event files, read once per run
         groups.setdefault(group_of(run, root), []).append(
-            {"run": run, "scalars": read_scalars(run), "final": final_values(run), "sigma": noise_level(run),
+            {"run": run, "scalars": scalars, "final": final_values(run, scalars), "sigma": noise_level(run),
              "wall_s": walls.get(run.resolve(), math.nan)})
     out.mkdir(parents=True, exist_ok=True)
     rows = {name: [{**r["final"], "rc": 0, "wall_s": r["wall_s"]} for r in rs] for name, rs in groups.items()}

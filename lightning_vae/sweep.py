@@ -92,14 +92,16 @@ def _move_aside(run_dir: Path) -> None:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
-def run_one(cmd: list[str], run_dir: Path, threads: int) -> dict:
-    """Run one ``fit``; classify it; write its status file (and its stderr when it failed)."""
+def run_one(cmd: list[str], run_dir: Path, threads: int) -> tuple[dict, dict]:
+    """Run one ``fit``; classify it; write its status file (and its stderr when it failed).
+    Returns the status row and the run's final values (``{}`` when it failed)."""
     _move_aside(run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     row: dict = {"rc": proc.returncode, "wall_s": round(wall, 2)}
+    values: dict = {}
     if proc.returncode == 0 and run_dir.is_dir():
         values = final_values(run_dir)
         row["status"] = "diverged" if values["diverged"] else "finished"
@@ -113,7 +115,7 @@ def run_one(cmd: list[str], run_dir: Path, threads: int) -> dict:
         row["error"] = (errors or lines or [f"exit {proc.returncode}"])[-1]
     if run_dir.is_dir():
         (run_dir / STATUS_FILE).write_text(json.dumps(row))
-    return row
+    return row, values
 
 
 def _summary(row: dict, values: dict) -> str:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     manifest_path = sweep_dir / "sweep.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"runs": {}}
-    todo, results = [], {}
+    todo, results, finals = [], {}, {}  # finals: each run's final values, read once
     for point, seed, run_name in runs:
         run_dir = Path(args.root) / run_name / f"seed_{seed}"
         key = f"{point_name(point)}/seed_{seed}"
@@ -184,16 +186,17 @@ def main(argv: list[str] | None = None) -> None:
                    for p, s, d, k in todo}
         for future in as_completed(futures):
             point, seed, run_dir, key = futures[future]
-            row = future.result()
-            values = final_values(run_dir) if row["status"] != "failed" else {}
+            row, finals[key] = future.result()
             results[key] = {"point": point, "seed": seed, "run": str(run_dir), **row}
             save()
-            bar.write(f"{key}: {_summary(row, values)}", file=sys.stdout)
+            bar.write(f"{key}: {_summary(row, finals[key])}", file=sys.stdout)
             bar.update()
     save()
     by_point: dict[str, list[dict]] = {}
     for key, row in sorted(results.items()):
-        entry = {**row, **(final_values(Path(row["run"])) if row["status"] != "failed" else {})}
+        if key not in finals:  # finished in an earlier invocation
+            finals[key] = final_values(Path(row["run"])) if row["status"] != "failed" else {}
+        entry = {**row, **finals[key]}
         by_point.setdefault(key.rsplit("/", 1)[0], []).append(entry)
     print(table(by_point, label="grid point"))
     failed = sum(r["status"] == "failed" for r in results.values())
