@@ -1,4 +1,11 @@
-"""Plain nn.Modules: MLPs, the decoder families and the discrete-latent VAE core."""
+"""Plain nn.Modules: MLPs, the decoder families and the two VAE cores.
+
+A core is what an objective scores (``lightning_vae.objectives.VAECore``): it says whether
+its decoder is ``deterministic``, draws the latent noise a step needs (``draws``), and
+takes the expectation over q(z | y) of any likelihood the objective hands it
+(``expectation``): an exact sum over the states of a discrete latent (``DiscreteVAE``) or
+reparameterised draws of a Gaussian one (``GaussianVAE``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,17 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
+from lightning_vae.densities import (
+    Expectation,
+    LogLik,
+    elbo_terms,
+    gaussian_kl,
+    gaussian_log_lik,
+    log_marginal,
+    log_mean_exp,
+    normal_log_prob,
+)
 from lightning_vae.latents import DiscreteLatent, GaussianLatent
-from lightning_vae.objectives import gaussian_log_lik, log_marginal, normal_log_prob
 
 
 def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
@@ -72,7 +88,7 @@ class GaussianDecoder(Decoder):
 
 
 class DeterministicDecoder(Decoder):
-    """p(x | z) = delta(x - loc(z)): no variance at all (the delta-VAE of SCIENCE.md §3).
+    """p(x | z) = delta(x - loc(z)): no variance at all (the delta-VAE, docs/science.md §3).
 
     Its likelihood exists only convolved with a spread kernel: train it with ``SpreadELBO``
     (noise > 0); the plain ELBO refuses it. Its std is reported as 0.
@@ -108,9 +124,9 @@ class _DecoderNet(nn.Module):
 class DiscreteVAE(nn.Module):
     """Encoder, decoder and a discrete latent whose states are enumerated exactly.
 
-    Implements what the objectives need (``log_q``, ``log_prior``, ``decoder_params``)
-    and the public maths: ``log_px`` (exact), ``sample`` (clean model), ``encode``,
-    ``decode``.
+    Implements what the objectives need (``deterministic``, ``draws``, ``expectation``:
+    exact sums over the states) and the public maths: ``log_q``, ``log_prior``,
+    ``decoder_params``, ``log_px`` (exact), ``sample`` (clean model), ``encode``, ``decode``.
     """
 
     enumerable = True
@@ -144,6 +160,22 @@ class DiscreteVAE(nn.Module):
         """Decoder mean and std for every latent state, ``(K, D)`` each."""
         like = like if like is not None else next(self.parameters())
         return self.decoder(self.latent.states(like))
+
+    def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> None:
+        """An enumerated latent needs no noise: None."""
+        return None
+
+    def expectation(self, y: Tensor, log_lik: LogLik, eps: None = None) -> Expectation:
+        """E_q log_lik by the exact sum over the K states, the exact KL and log p~(y).
+
+        ``log_lik(u, scale)`` gets the residuals u = y_b - loc_k ``(B, K, D)`` and the
+        decoder std ``(K, D)`` (None for a deterministic decoder)."""
+        log_q = self.log_q(y)  # (B, K)
+        loc, scale = self.decoder_params(y)  # (K, D)
+        ll = log_lik(y[:, None, :] - loc, None if self.deterministic else scale)  # (B, K)
+        log_prior = self.log_prior(y)
+        t = elbo_terms(log_q, log_prior, ll)
+        return Expectation(rec=t["rec"], kl=t["kl"], log_px=log_marginal(log_prior, ll), scale=scale)
 
     def log_px(self, x: Tensor) -> Tensor:
         """Exact log p(x) = logsumexp_z [log p(z) + log p(x|z)] per point, ``(B,)``."""
@@ -181,9 +213,11 @@ class DiscreteVAE(nn.Module):
 class GaussianVAE(nn.Module):
     """Encoder, decoder and a Gaussian latent z ~ N(0, I), reparameterised.
 
-    What the objectives need: ``encode_params`` (mu, std of q(z|x)) and ``decoder`` at
-    sampled z; the public maths: ``log_px`` (the IWAE bound), ``sample``, ``encode``,
-    ``decode``, and ``decoder_params`` at the latent's fixed probe points (for monitoring).
+    What the objectives need: ``deterministic``, ``draws`` (standard normal noise for the
+    reparameterisation) and ``expectation`` (over those draws, the KL exact); the public
+    maths: ``encode_params`` (loc and scale of q(z|x)), ``log_px`` (the IWAE bound),
+    ``sample``, ``encode``, ``decode``, and ``decoder_params`` at the latent's fixed probe
+    points (for monitoring).
     """
 
     enumerable = False
@@ -199,9 +233,25 @@ class GaussianVAE(nn.Module):
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
 
     def encode_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and std of q(z | x), ``(B, d)`` each."""
-        mu, log_std = self.encoder(x).split(self.latent.dim, dim=-1)
-        return mu, log_std.exp()
+        """loc and scale of q(z | x), ``(B, d)`` each."""
+        loc, log_scale = self.encoder(x).split(self.latent.dim, dim=-1)
+        return loc, log_scale.exp()
+
+    def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """Standard normal draws for ``n`` points, ``(S, n, d)``: ``latent.n_samples`` in
+        training, ``latent.iwae_samples`` in evaluation."""
+        return self.latent.draw(n, training=training, generator=generator, like=like)
+
+    def expectation(self, y: Tensor, log_lik: LogLik, eps: Tensor | None = None) -> Expectation:
+        """E_q log_lik by the reparameterised draws ``eps`` ``(S, B, d)`` (default: fresh
+        training draws from torch's global generator), the KL exact, and the IWAE bound on
+        log p~(y) with the same draws. ``log_lik(u, scale)`` gets u = y - loc(z_s)
+        ``(S, B, D)`` and the decoder std there (None for a deterministic decoder)."""
+        if eps is None:
+            eps = self.draws(len(y), training=True, generator=None, like=y)
+        ll, log_ratio, kl, scale = importance_weights(self, y, eps, log_lik)  # (S, B), (S, B), (B,)
+        return Expectation(rec=ll.mean(0), kl=kl, log_px=log_mean_exp(ll + log_ratio),
+                           scale=scale.reshape(-1, scale.shape[-1]))
 
     def decoder_params(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decoder mean and std at the latent's probe points, ``(n_probe, D)`` each."""
@@ -215,13 +265,12 @@ class GaussianVAE(nn.Module):
             raise ValueError("a deterministic decoder has no density: log p(x) is only defined "
                              "with spread noise (the spread objective's spread_log_px)")
         generator = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
-        eps = self.latent.draw(len(x), training=False, generator=generator, like=x)
-        log_lik, log_ratio, _, _ = importance_weights(self, x, eps, normal_log_prob)
-        return log_mean_exp(log_lik + log_ratio)
+        eps = self.draws(len(x), training=False, generator=generator, like=x)
+        return self.expectation(x, normal_log_prob, eps).log_px
 
     def encode(self, x: Tensor) -> Independent:
-        mu, std = self.encode_params(x)
-        return Independent(Normal(mu, std), 1)
+        loc, scale = self.encode_params(x)
+        return Independent(Normal(loc, scale), 1)
 
     def decode(self, z: Tensor) -> Independent:
         if self.deterministic:
@@ -241,23 +290,29 @@ class GaussianVAE(nn.Module):
         return loc + scale * eps.to(like.device)
 
 
-def log_mean_exp(log_w: Tensor) -> Tensor:
-    """log (1/S) sum_s exp(log_w[s]) over the first axis."""
-    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-
-
-def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik):
-    """The pieces of log w_s = log p(y | z_s) + log p(z_s) - log q(z_s | y), z_s = mu + std eps_s.
+def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik):
+    """The pieces of log w_s = log p(y | z_s) + log p(z_s) - log q(z_s | y),
+    z_s = loc + scale * eps_s.
 
     Args: y ``(B, D)``; eps ``(S, B, d)``; ``log_lik(u, scale)`` the likelihood of
-    u = y - loc given the decoder std (the objective's, possibly kernel-convolved).
+    u = y - loc(z_s) given the decoder std (the objective's, possibly kernel-convolved; None
+    for a deterministic decoder).
     Returns log p(y | z_s) ``(S, B)``, log p(z_s) - log q(z_s | y) ``(S, B)``, the analytic
     KL(q || p) ``(B,)`` and the decoder std at the draws ``(S, B, D)``.
     """
-    mu, std = vae.encode_params(y)  # (B, d)
-    z = mu + std * eps  # (S, B, d)
+    loc_q, scale_q = vae.encode_params(y)  # (B, d)
+    z = loc_q + scale_q * eps  # (S, B, d)
     loc, scale = vae.decoder(z)  # (S, B, D)
     log_p = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
-    log_q = -(0.5 * eps.square() + std.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
-    kl = 0.5 * (mu.square() + std.square() - 1).sum(-1) - std.log().sum(-1)
-    return log_lik(y - loc, scale), log_p - log_q, kl, scale
+    log_q = -(0.5 * eps.square() + scale_q.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
+    kl = gaussian_kl(loc_q, scale_q)
+    return log_lik(y - loc, None if vae.deterministic else scale), log_p - log_q, kl, scale
+
+
+def build_core(data_dim: int, latent, hidden: int = 64, depth: int = 2,
+               decoder: Decoder | None = None) -> DiscreteVAE | GaussianVAE:
+    """The VAE core for ``latent``: ``DiscreteVAE`` for an enumerable latent (exact sums),
+    ``GaussianVAE`` otherwise (reparameterised draws). What a single run and each member
+    of an ensemble build."""
+    core = DiscreteVAE if latent.enumerable else GaussianVAE
+    return core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)

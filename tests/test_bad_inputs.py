@@ -227,15 +227,15 @@ def test_a_read_only_log_dir_is_refused(tmp_path, monkeypatch):
     """The check behind "read-only-log-dir", also where the tests run as root (chmod 555
     does not stop root, so the subprocess case is skipped there): a directory without write
     permission is refused before anything is created."""
-    import lightning_vae.cli as cli
+    from lightning_vae import preflight
 
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(cli.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    monkeypatch.setattr(preflight.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     with pytest.raises(ValueError, match=r"^trainer.logger.init_args.save_dir: cannot write to "
                                          r".*locked/logs: .*locked is not writable; "
                                          r"expected a writable directory$"):
-        cli._check_writable("trainer.logger.init_args.save_dir", locked / "logs")
-    cli._check_writable("trainer.logger.init_args.save_dir", tmp_path / "free" / "logs")  # fine
+        preflight.check_writable("trainer.logger.init_args.save_dir", locked / "logs")
+    preflight.check_writable("trainer.logger.init_args.save_dir", tmp_path / "free" / "logs")  # fine
     assert not (locked / "logs").exists() and not (tmp_path / "free").exists()

@@ -1,0 +1,63 @@
+"""The one place that reads or writes a private attribute of a library (argparse, Lightning,
+torch and its TensorBoard writer).
+
+Each function wraps one private access that no public API replaces (its comment says why),
+so that an upgrade that changes it breaks here, and ``tests/test_compat.py`` says so by
+name and version, rather than deep inside a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: errors.py needs only parser_actions
+    import torch
+
+
+def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option of ``parser`` (a jsonargparse ``ArgumentParser`` is an argparse one)."""
+    # argparse keeps a parser's actions in ``_actions`` and offers no public way to list
+    # them (``format_help`` only renders them); jsonargparse adds none. Used to suggest the
+    # nearest key for an unknown one.
+    return list(parser._actions)
+
+
+# --- for callbacks.py, steps.py and scalars.py (where their call sites read the attributes
+# directly still, these are the replacements) ---------------------------------------------
+
+
+def file_writer(writer: Any) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter``'s ``FileWriter``, reopened if closed."""
+    # The public ``writer.file_writer`` is None after ``close()``; only ``_get_file_writer``
+    # reopens it, and only a FileWriter takes a whole ``Summary`` (many tags, one event).
+    return writer._get_file_writer()
+
+
+def set_last_lr(scheduler: Any, lrs: list[float]) -> None:
+    """Make a torch LR scheduler's ``get_last_lr()`` return ``lrs``."""
+    # torch's schedulers have a public getter (``get_last_lr``) and no setter; a rollback
+    # that rescales the learning rates in place must keep the two in step.
+    scheduler._last_lr = list(lrs)
+
+
+def foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor, fused into one kernel launch per device and dtype."""
+    # The public fused form, ``torch.nn.utils.get_total_norm``, is torch 2.6+; this project
+    # supports torch 2.2+.
+    import torch
+
+    return list(torch._foreach_norm(tensors))
+
+
+def set_logging_step(trainer: Any, step: int) -> None:
+    """Lightning's logging step (the x of ``self.log`` and of LearningRateMonitor, and what
+    ``log_every_n_steps`` counts) set to ``step``."""
+    # Lightning keeps it in its training epoch loop's ``_batches_that_stepped`` (restored
+    # from checkpoints with the loop's state) and has no public setter. Checked first: a
+    # rename would otherwise create a new attribute that Lightning never reads.
+    loop = trainer.fit_loop.epoch_loop
+    if not hasattr(loop, "_batches_that_stepped"):
+        raise AttributeError("Lightning's training epoch loop has no _batches_that_stepped any more; "
+                             "lightning_vae.compat.set_logging_step needs updating")
+    loop._batches_that_stepped = step
