@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from lightning_vae import metrics
+from lightning_vae.compat import file_writer, foreach_norm, set_last_lr
 from lightning_vae.scalars import log_scalars, write_scalars
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,42 @@ def axis_name(i: int, dim: int) -> str:
     return "xyz"[i] if dim <= 3 else f"d{i}"
 
 
-def _due_epoch(trainer: pl.Trainer, every: int) -> bool:
-    """Every ``every``-th epoch (1-based), and the last one of the run."""
-    epoch = trainer.current_epoch + 1
-    return epoch % every == 0 or epoch == trainer.max_epochs or trainer.should_stop
+def final_validation(trainer: pl.Trainer) -> bool:
+    """Whether this validation is the run's last: at its last epoch or step, or a stopped
+    run's (divergence, early stopping)."""
+    return (trainer.should_stop or trainer.current_epoch + 1 == trainer.max_epochs
+            or 0 < trainer.max_steps <= trainer.global_step)
+
+
+class Cadence:
+    """When a costly evaluation runs, at a validation: every ``every_n_epochs`` epochs
+    (deterministic) or, with it None, once ``every_n_seconds`` of wall time have passed since
+    its last run (so its cost stays a fixed share of the run at any batch size); and always
+    at the run's final validation. Under DDP rank 0's clock decides for every rank."""
+
+    def __init__(self, every_n_epochs: int | None, every_n_seconds: float) -> None:
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1 or null, got {every_n_epochs}")
+        if not every_n_seconds >= 0:
+            raise ValueError(f"every_n_seconds must be >= 0, got {every_n_seconds}")
+        self.every_n_epochs, self.every_n_seconds = every_n_epochs, float(every_n_seconds)
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self._last = time.monotonic()
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if final_validation(trainer):
+            due = True
+        elif self.every_n_epochs is not None:
+            due = (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        else:
+            due = bool(trainer.strategy.broadcast(time.monotonic() - self._last >= self.every_n_seconds))
+        if due:
+            self._last = time.monotonic()
+        return due
 
 
 def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, Tensor]:
@@ -138,7 +172,8 @@ class DecoderVarianceMonitor(pl.Callback):
             self._log(trainer, pl_module, step)
         elif self.collapse is None and step % self.check_every_n_steps == 0:
             # The step's own forward pass scored it (a second decoder pass cost ~8% of a step).
-            lik_scale = getattr(pl_module, "step_likelihood_scale", None)
+            terms = getattr(pl_module, "last_terms", None)
+            lik_scale = terms.scale if terms is not None else None
             if lik_scale is None:
                 lik_scale = pl_module.likelihood_scale(pl_module.decoder_params()[1])
             self._check(trainer, step, lik_scale)
@@ -228,22 +263,25 @@ class SampleQuality(pl.Callback):
 
     Args:
         n_samples: number of model samples and of validation points compared.
-        every_n_epochs: run after every n-th validation epoch and the last one.
+        every_n_epochs: run at the validation of every n-th epoch (deterministic); null:
+            by time, ``every_n_seconds``. Always at the run's final validation.
+        every_n_seconds: with ``every_n_epochs`` null, run at the first validation at least
+            this long after the last run (one run costs ~0.2-0.4 s on a 2-core CPU).
         seed: seed of the sampling generator (same samples' noise every time).
         max_points: subsample size per side for MMD and energy (None: all points).
         n_projections: directions of the sliced Wasserstein distance.
         max_marginal_dim: per-coordinate Wasserstein only up to this data dimension.
     """
 
-    def __init__(self, n_samples: int = 2000, every_n_epochs: int = 5, seed: int = 0,
-                 max_points: int | None = 2000, n_projections: int = 128, max_marginal_dim: int = 5) -> None:
+    def __init__(self, n_samples: int = 2000, every_n_epochs: int | None = None,
+                 every_n_seconds: float = 30.0, seed: int = 0, max_points: int | None = 2000,
+                 n_projections: int = 128, max_marginal_dim: int = 5) -> None:
         if n_samples < 2:
             raise ValueError(f"n_samples must be >= 2, got {n_samples}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if max_marginal_dim < 0:
             raise ValueError(f"max_marginal_dim must be >= 0, got {max_marginal_dim}")
-        self.n_samples, self.every_n_epochs, self.seed = n_samples, every_n_epochs, seed
+        self.cadence = Cadence(every_n_epochs, every_n_seconds)
+        self.n_samples, self.seed = n_samples, seed
         self.max_points, self.n_projections, self.max_marginal_dim = max_points, n_projections, max_marginal_dim
         self._metrics: dict | None = None
         self._said_no_geometry = False
@@ -309,8 +347,11 @@ class SampleQuality(pl.Callback):
             values.update({f"quality/mode_{k}": v for k, v in mode.items()})
         return {k: float(v) for k, v in values.items()}
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.cadence.start()
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not _due_epoch(trainer, self.every_n_epochs):
+        if not self.cadence.due(trainer):
             return
         values = self.compute(pl_module, trainer.datamodule, trainer.global_rank, trainer.world_size)
         for k, v in values.items():
@@ -321,15 +362,18 @@ class SampleFigure(pl.Callback):
     """A scatter of validation data against clean-model samples, logged to TensorBoard.
 
     Args:
-        every_n_epochs: draw after every n-th validation epoch (and after the last one).
+        every_n_epochs: draw at the validation of every n-th epoch (deterministic); null: by
+            time, ``every_n_seconds``. Always at the run's final validation.
+        every_n_seconds: with ``every_n_epochs`` null, draw at the first validation at least
+            this long after the last figure (one costs ~0.1-0.3 s).
         n_points: points drawn of each.
         seed: seed of the sampling generator.
     """
 
-    def __init__(self, every_n_epochs: int = 10, n_points: int = 1000, seed: int = 0) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.every_n_epochs, self.n_points, self.seed = every_n_epochs, n_points, seed
+    def __init__(self, every_n_epochs: int | None = None, every_n_seconds: float = 60.0,
+                 n_points: int = 1000, seed: int = 0) -> None:
+        self.cadence = Cadence(every_n_epochs, every_n_seconds)
+        self.n_points, self.seed = n_points, seed
 
     @torch.no_grad()
     def figure(self, pl_module, datamodule):
@@ -365,12 +409,12 @@ class SampleFigure(pl.Callback):
         writer.add_figure("samples/scatter", self.figure(pl_module, trainer.datamodule),
                           trainer.global_step, close=True)
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._draw(trainer, pl_module)
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.cadence.start()
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._draw(trainer, pl_module)
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.cadence.due(trainer):
+            self._draw(trainer, pl_module)
 
 
 _POLICIES = ("stop", "skip", "rollback")
@@ -485,7 +529,7 @@ class DivergenceGuard(pl.Callback):
         if not grads:
             return
         # One float: the per-tensor norms fused, then a single host read (~11 us a step).
-        self._grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        self._grad_norm = float(torch.linalg.vector_norm(torch.stack(foreach_norm(grads))))
         step, every = trainer.global_step, trainer.log_every_n_steps
         if every and (step + 1) % every == 0:  # at x = step, like the step's train/loss
             log_scalars(trainer, {"train/grad_norm": self._grad_norm}, step)
@@ -577,8 +621,8 @@ class DivergenceGuard(pl.Callback):
             scheduler = config.scheduler
             if hasattr(scheduler, "base_lrs"):  # LambdaLR & co. set lr = base_lr * factor(step)
                 scheduler.base_lrs = [lr * f for lr in scheduler.base_lrs]
-            if hasattr(scheduler, "_last_lr"):
-                scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+            if hasattr(scheduler, "get_last_lr"):  # what LearningRateMonitor & co. read
+                set_last_lr(scheduler, [group["lr"] for group in scheduler.optimizer.param_groups])
         log_scalars(trainer, {"train/rollbacks": self.rollbacks, "train/lr_scale": self.lr_scale}, step)
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])
         _warn(f"Divergence guard (policy 'rollback'): non-finite gradient at step {step}; rolled "
@@ -739,7 +783,7 @@ class HParamsSummary(pl.Callback):
         # the union of their hyperparameters, marked where they differ (the metric columns
         # are then every scalar tag; the hp/* ones hold the final values).
         _, ssi, sei = hparams(params, values)
-        fw = writer._get_file_writer()
+        fw = file_writer(writer)
         for summary in (ssi, sei):
             fw.add_summary(summary)
         write_scalars(writer, values, trainer.global_step)

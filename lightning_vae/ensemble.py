@@ -31,11 +31,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from lightning_vae.callbacks import SampleQuality, decoder_scalars
 from lightning_vae.callbacks import _warn as _info
-from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, run_cli
+from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, add_eval_cadence, run_cli
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
-from lightning_vae.nets import DiscreteVAE
-from lightning_vae.objectives import ELBO, Objective
+from lightning_vae.densities import normal_log_prob
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, build_core
+from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
 from lightning_vae.scalars import write_scalars
 from lightning_vae.steps import KStepTraining
 
@@ -47,8 +48,8 @@ class _Scorer(nn.Module):
         super().__init__()
         self.net, self.objective = net, objective
 
-    def forward(self, y: Tensor, step: int | None, values: bool = True):
-        return self.objective.terms(y, self.net, step=step, values=values)
+    def forward(self, y: Tensor, step: int | None, values: bool = True, eps: Tensor | None = None):
+        return self.objective.terms(y, self.net, step=step, values=values, eps=eps)
 
 
 class EnsembleVAE(KStepTraining, pl.LightningModule):
@@ -58,14 +59,14 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         seeds: one member per seed (the ``seed_everything`` value of its single run).
         data_dim: ambient dimension D (linked from the datamodule).
         objective: as for ``VAE``; shared by all members.
-        latent: as for ``VAE``.
+        latent: as for ``VAE`` (a Gaussian latent too: each member draws its own noise).
+        decoder: as for ``VAE``.
         hidden: as for ``VAE``.
         depth: as for ``VAE``.
         optimizer: as for ``VAE``; one optimizer over the stacked weights.
         lr_schedule: as for ``VAE``.
         steps_per_batch: as for ``VAE`` (linked from the datamodule, which then serves
             ``(K, M, B, D)`` batches).
-        gradient_clip: as for ``VAE``: clips the norm of all members' gradients together.
     """
 
     def __init__(
@@ -74,29 +75,30 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         data_dim: int = 2,
         objective: Objective | None = None,
         latent: Latent | None = None,
+        decoder: Decoder | None = None,
         hidden: int = 64,
         depth: int = 2,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
-        gradient_clip: float | None = None,
     ) -> None:
         super().__init__()
         seeds = list(range(10)) if seeds is None else list(seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
-        self._configure_steps(lr_schedule, steps_per_batch, gradient_clip)
+        self._configure_steps(lr_schedule, steps_per_batch)
         self.save_hyperparameters()
         self.seeds = seeds
         self.objective = objective if objective is not None else ELBO()
         latent = latent or BernoulliLatent()
-        if not latent.enumerable:
-            raise ValueError(f"the ensemble takes an enumerated latent (BernoulliLatent, "
-                             f"CategoricalLatent), got {latent!r}")
+        decoder = decoder if decoder is not None else GaussianDecoder()
+        self._decoder = decoder
+        if decoder.deterministic and not self.objective.trains_deterministic:
+            raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
         members = []
         for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
             torch.manual_seed(s)
-            members.append(_Scorer(DiscreteVAE(data_dim, latent, hidden=hidden, depth=depth),
+            members.append(_Scorer(build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder),
                                    self.objective))
         params, _ = stack_module_state(members)  # name -> (M, ...)
         self._names = list(params)
@@ -105,7 +107,11 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         self._optimizer = optimizer
         self._noise: list[torch.Generator] | None = None
         self._noise_states: list[Tensor] | None = None  # from a checkpoint, applied lazily
-        self.step_likelihood_scale: Tensor | None = None  # as VAE's, per member
+        self.last_terms: Terms | None = None  # as VAE's, per member
+        # Members whose gradient went non-finite: seed -> the step. A frozen member keeps
+        # its last finite weights; the others train on.
+        self.frozen: dict[int, int] = {}
+        self._frozen_weights: dict[int, list[Tensor]] = {}
 
     # --- vmapped maths ----------------------------------------------------------------
 
@@ -122,23 +128,47 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
 
         return vmap(one)(self._params())
 
-    def member_terms(self, y: Tensor, step: int | None, values: bool = True):
-        """Objective terms of each member on its own data ``y`` ``(M, B, D)``."""
-        return vmap(lambda p, ym: functional_call(self._template[0], p, (ym, step, values)))(
-            self._params(), y)
+    def member_terms(self, y: Tensor, step: int | None, values: bool = True, eps: Tensor | None = None):
+        """Objective terms of each member on its own data ``y`` ``(M, B, D)`` with its own
+        latent draws ``eps`` ``(M, S, B, d)`` (None for an enumerated latent)."""
+        template = self._template[0]
+        if eps is None:
+            return vmap(lambda p, ym: functional_call(template, p, (ym, step, values)))(self._params(), y)
+        return vmap(lambda p, ym, em: functional_call(template, p, (ym, step, values, em)))(
+            self._params(), y, eps)
+
+    def member_draws(self, x: Tensor, generators: list[torch.Generator], step: int | None):
+        """Each member's randomness of a step from its own generator, as its single run
+        draws it (``Objective.draw``): y ``(M, B, D)`` and eps ``(M, S, B, d)`` or None."""
+        net = self._template[0].net  # draws need the latent's settings only, no weights
+        draws = [self.objective.draw(x[m], net, g, step) for m, g in enumerate(generators)]
+        y = torch.stack([d[0] for d in draws])
+        return y, None if draws[0][1] is None else torch.stack([d[1] for d in draws])
 
     def decoder_params(self) -> tuple[Tensor, Tensor]:
-        """Decoder loc and std of every member, ``(M, K, D)`` each."""
-        return self._vmapped("net.decoder_params")
+        """Decoder loc and std of every member at the latent's states (or probe points),
+        ``(M, K, D)`` each."""
+        states = self._template[0].net.latent.states(self.stacked[0])  # shared, drawn outside vmap
+        return self._vmapped("net.decoder", states)
 
     def log_px(self, x: Tensor) -> Tensor:
-        """Exact log p(x) of every member on shared data ``x`` ``(B, D)``, ``(M, B)``."""
-        return self._vmapped("net.log_px", x)
+        """log p(x) of every member on shared data ``x`` ``(B, D)``, ``(M, B)``: exact for an
+        enumerated latent, the IWAE bound with its fixed evaluation draws (as ``log_px`` of a
+        single run) for a Gaussian one."""
+        net = self._template[0].net
+        eps = net.draws(len(x), False, torch.Generator(x.device).manual_seed(0), x)
+        member = _MethodCaller(self._template[0], "net.expectation")
 
-    def member(self, m: int) -> DiscreteVAE:
-        """Member ``m`` as a plain ``DiscreteVAE`` (a copy with its weights)."""
-        net = DiscreteVAE(self.hparams.data_dim, self._template[0].net.latent,
-                          hidden=self.hparams.hidden, depth=self.hparams.depth)
+        def one(params):
+            inner = {f"inner.{k}": v for k, v in params.items()}
+            return functional_call(member, inner, (x, normal_log_prob, eps)).log_px
+
+        return vmap(one)(self._params())
+
+    def member(self, m: int) -> DiscreteVAE | GaussianVAE:
+        """Member ``m`` as a plain VAE core (a copy with its weights)."""
+        net = build_core(self.hparams.data_dim, self._template[0].net.latent, hidden=self.hparams.hidden,
+                         depth=self.hparams.depth, decoder=self._decoder)
         state = {n.removeprefix("net."): p[m].detach() for n, p in self._params().items()}
         net.load_state_dict(state)
         return net.to(self.device)
@@ -156,36 +186,69 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._noise is not None:
             checkpoint["noise_generator_states"] = [g.get_state() for g in self._noise]
+        checkpoint["frozen_members"] = dict(self.frozen)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._noise_states, self._noise = checkpoint.get("noise_generator_states"), None
+        self.frozen = {int(k): v for k, v in (checkpoint.get("frozen_members") or {}).items()}
 
-    def _train_terms(self, x: Tensor, step: int, values: bool = True):
+    # --- a diverged member is frozen, the others train on -------------------------------
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Freeze every member whose gradient is non-finite (at the weights it had before
+        this step, the last finite ones) and keep frozen members out of the step."""
+        m = len(self.seeds)
+        grads = [p.grad for p in self.stacked if p.grad is not None]
+        finite = torch.stack([g.reshape(m, -1).isfinite().all(1) for g in grads]).all(0)  # (M,)
+        if bool(finite.all()) and not self.frozen:
+            return
+        step = self.global_step
+        for i in (~finite).nonzero().flatten().tolist():
+            seed = self.seeds[i]
+            if seed not in self.frozen:
+                self.frozen[seed] = step
+                _info(f"ensemble member seed {seed} diverged at step {step} (non-finite gradient): "
+                      f"frozen at its last finite weights; the other members train on")
+        for i, seed in enumerate(self.seeds):
+            if seed in self.frozen:
+                self._frozen_weights.setdefault(i, [p[i].clone() for p in self.stacked])
+                for g in grads:
+                    g[i] = 0  # no update from this member (Adam's momentum is undone below)
+
+    @torch.no_grad()
+    def on_after_optimizer_step(self, step: int) -> None:
+        for i, weights in self._frozen_weights.items():
+            for p, w in zip(self.stacked, weights):
+                p[i] = w
+
+    def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """Every member's terms on its own batch ``x`` ``(M, B, D)``."""
         # Each member's noise from its own generator, as in its single run.
-        y = torch.stack([self.objective.perturb(x[m], g, step)
-                         for m, g in enumerate(self._generators(x.device))])  # (M, B, D)
-        terms = self.member_terms(y, step, values)
-        self.__dict__["step_likelihood_scale"] = terms.scale  # (M, K, D), for the monitor; see VAE
+        y, eps = self.member_draws(x, self._generators(x.device), step)  # (M, B, D), (M, S, B, d)
+        terms = self.member_terms(y, step, values, eps)
+        self.last_terms = terms  # scale (M, K, D), for the monitor; see VAE
         return terms
 
-    def _log_train(self, terms, step: int | None = None) -> None:
+    def log_train(self, terms, step: int) -> None:
         self._member_log({"train/loss": terms.loss.detach(),
                           **{f"train/{k}": v for k, v in terms.values.items()}}, step)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        member_dim = 1 if self.steps_per_batch > 1 else 0  # (K, M, B, D) or (M, B, D)
-        if x.dim() != 3 + member_dim or x.shape[member_dim] != len(self.seeds):
+        if x.dim() != 4 or x.shape[1] != len(self.seeds):  # (K, M, B, D)
             raise ValueError(f"an ensemble of {len(self.seeds)} needs (M, B, D) batches, got "
                              f"{tuple(x.shape)}: set data.member_seeds to the model's seeds")
         return super().training_step(x, batch_idx)
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         g = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
-        y = self.objective.perturb(x, g)
-        terms = self.member_terms(y.expand(len(self.seeds), *y.shape), None)
+        y, eps = self.objective.draw(x, self._template[0].net, g, None)  # the same for every member
+        m = len(self.seeds)
+        terms = self.member_terms(y.expand(m, *y.shape), None, True,
+                                  None if eps is None else eps.expand(m, *eps.shape))
         values = {"val/loss": terms.loss, **{f"val/{k}": v for k, v in terms.values.items()}}
-        values.setdefault("val/log_px", self.log_px(x).mean(1))
+        if "val/log_px" not in values and not self._template[0].net.deterministic:
+            values["val/log_px"] = self.log_px(x).mean(1)
         self._val.append({k: v.detach() for k, v in values.items()})
 
     def on_validation_epoch_start(self) -> None:
@@ -283,7 +346,7 @@ class EnsembleMonitor(pl.Callback):
         step, every = trainer.global_step, trainer.log_every_n_steps
         if self.collapse_step is None:
             self.collapse_step = [None] * len(pl_module.seeds)
-        lik_scale = pl_module.step_likelihood_scale  # (M, K, D)
+        lik_scale = pl_module.last_terms.scale if pl_module.last_terms is not None else None  # (M, K, D)
         if lik_scale is not None and None in self.collapse_step:
             ratios = (lik_scale.amin(dim=(1, 2)) / trainer.datamodule.data_scale).tolist()
             for m, r in enumerate(ratios):
@@ -326,7 +389,7 @@ class EnsembleMonitor(pl.Callback):
         for m, seed in enumerate(pl_module.seeds):
             row = {"seed": seed, **decoder_summary(loc[m], scale[m]),
                    "collapse_step": (self.collapse_step or [None] * len(pl_module.seeds))[m],
-                   **rows[m]}
+                   "diverged_step": pl_module.frozen.get(seed), **rows[m]}
             if centres is not None:
                 row["both_modes"] = recovered_both_modes(row, centres)
             summary.append(row)
@@ -352,6 +415,7 @@ class EnsembleCLI(VAECLI):
         parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.save_top_k": 1, **LOGGER_DEFAULT,
                              "model.seeds": list(range(10)),
                              "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH})
+        add_eval_cadence(parser)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -11,9 +11,8 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
 from lightning_vae.latents import BernoulliLatent, Latent
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE
-from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, SpreadELBO
-from lightning_vae.scalars import log_scalars
+from lightning_vae.nets import Decoder, GaussianDecoder, build_core
+from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, Terms
 from lightning_vae.steps import KStepTraining
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
@@ -59,12 +58,8 @@ class VAE(KStepTraining, pl.LightningModule):
         lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
             step); "constant" keeps it.
         steps_per_batch: optimizer steps per Lightning step (linked from the datamodule,
-            which then serves ``(K, B, D)`` batches). K > 1 runs the K steps in one
-            ``training_step`` (manual optimization): Lightning's per-step overhead is paid
-            once per K steps, results are the same as K = 1. With K > 1 use
-            ``gradient_clip`` here instead of the trainer's ``gradient_clip_val``.
-        gradient_clip: clip the gradient norm to this value (None: no clipping); with
-            K = 1 the trainer's ``gradient_clip_val`` works too.
+            which serves ``(K, B, D)`` groups of batches): Lightning's per-step overhead
+            is paid once per K steps; the run is the same at any K (``steps.py``).
     """
 
     def __init__(
@@ -78,20 +73,18 @@ class VAE(KStepTraining, pl.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
-        gradient_clip: float | None = None,
     ) -> None:
         super().__init__()
         if data_dim < 1:
             raise ValueError(f"data_dim must be >= 1, got {data_dim}")
-        self._configure_steps(lr_schedule, steps_per_batch, gradient_clip)
+        self._configure_steps(lr_schedule, steps_per_batch)
         self.save_hyperparameters()
         self.objective = objective if objective is not None else ELBO()
         decoder = decoder if decoder is not None else GaussianDecoder()
-        if decoder.deterministic and not isinstance(self.objective, SpreadELBO):
+        if decoder.deterministic and not self.objective.trains_deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
         latent = latent if latent is not None else BernoulliLatent()
-        core = DiscreteVAE if latent.enumerable else GaussianVAE
-        self.net = core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
+        self.net = build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
         self._optimizer = optimizer
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
@@ -100,9 +93,11 @@ class VAE(KStepTraining, pl.LightningModule):
         self.noise_seed = int(torch.initial_seed())
         self._noise: torch.Generator | None = None
         self._noise_state: Tensor | None = None  # restored from a checkpoint, applied lazily
-        # The likelihood std (K, D) scored by the current training step, i.e. at the weights
-        # before its optimizer step (None before the first step): read by the monitor.
-        self.step_likelihood_scale: Tensor | None = None
+        self._share = ONE_PROCESS  # (world size, rank), set at the start of fit
+        # The Terms of the current training step, scored at the weights before its
+        # optimizer step (None before the first): callbacks read ``last_terms.scale``, the
+        # likelihood std, instead of a second decoder pass.
+        self.last_terms: Terms | None = None
 
     # --- public API -------------------------------------------------------------------
 
@@ -149,44 +144,15 @@ class VAE(KStepTraining, pl.LightningModule):
         self._noise = None
 
     def on_fit_start(self) -> None:
-        # (world size, rank): read once, not per step.
-        self.__dict__["_shard"] = (self.trainer.world_size, self.trainer.global_rank)
+        # DDP: each rank takes its rows of the global batch's noise (Objective.draw).
+        self._share = (self.trainer.world_size, self.trainer.global_rank)
 
-    def _train_terms(self, x: Tensor, step: int, values: bool = True):
-        generator = self.noise_generator(x.device)
-        world, rank = self.__dict__.get("_shard", (1, 0))
-        if world == 1:
-            y = self.objective.perturb(x, generator, step)
-        else:
-            # DDP: rank r's batch is rows r*B:(r+1)*B of the global batch one process would
-            # see (data/datamodule.py). Every rank draws the global batch's noise from the
-            # same generator and keeps its own rows: the run sees exactly the noise of the
-            # one-process run with batch size world * B.
-            rows = slice(rank * len(x), (rank + 1) * len(x))
-            y = self.objective.perturb(x.repeat(world, *([1] * (x.dim() - 1))), generator, step)[rows]
-        eps = None  # a Gaussian latent's draws come from the same per-run generator
-        if not self.net.enumerable:
-            eps = self.net.latent.draw(world * len(y), training=True, generator=generator, like=y)
-            if world > 1:
-                eps = eps[:, rows]
-        terms = self.objective.terms(y, self.net, step=step, values=values, eps=eps)
-        # Not nn.Module.__setattr__ (~3 us of parameter/buffer bookkeeping a step): a plain
-        # attribute holding a detached tensor.
-        self.__dict__["step_likelihood_scale"] = terms.scale
+    def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
+        """The objective's terms of one training batch ``x`` ``(B, D)`` at optimizer step
+        ``step``, its noise from the run's generator."""
+        terms = self.objective(x, self.net, self.noise_generator(x.device), step, values, self._share)
+        self.last_terms = terms
         return terms
-
-    def _log_train(self, terms, step: int | None = None) -> None:
-        """Log the training terms. Automatic optimization: through ``self.log``, called only
-        on the steps the logger writes (each ``self.log`` cost ~0.6 ms under cProfile, more
-        than a step). Manual (K steps per Lightning step): written straight to the loggers at
-        optimizer step ``step``, since Lightning writes only once per K steps (the progress bar's
-        loss is then set once per Lightning step by the caller)."""
-        values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
-        if step is None:
-            self.log("train/loss", values.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False)
-            self.log_dict(values, on_step=True, on_epoch=False)
-            return
-        log_scalars(self.trainer, {k: float(v) for k, v in values.items()}, step)
 
     def _eval_step(self, x: Tensor, stage: str) -> Tensor:
         generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
@@ -196,9 +162,9 @@ class VAE(KStepTraining, pl.LightningModule):
             logged[f"{stage}/log_px"] = self.net.log_px(x).mean()  # exact, clean model
         if f"{stage}/log_px" in logged:  # a density of continuous data: may be negative
             logged[f"{stage}/bits_per_dim"] = -logged[f"{stage}/log_px"] / (x.shape[-1] * math.log(2))
-        if not self.automatic_optimization and stage == "val":
-            # Lightning would put these at its own (K-step) batch count; use the x-axis of
-            # the automatic path (the last optimizer step's index) instead.
+        if stage == "val":
+            # At the index of the last optimizer step (Lightning's x-axis for validation
+            # under automatic optimization), at any K.
             logged["step"] = float(self.global_step - 1)
         # Under DDP each rank saw its own shard: average over ranks.
         self.log_dict(logged, on_step=False, on_epoch=True, sync_dist=True)

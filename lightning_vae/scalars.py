@@ -13,11 +13,13 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from lightning_vae.compat import file_writer
+
 
 def write_scalars(writer, values: dict[str, float], step: int) -> None:
     """``values`` as one event of a ``SummaryWriter``."""
     summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
-    writer._get_file_writer().add_summary(summary, step)
+    file_writer(writer).add_summary(summary, step)
 
 
 def log_scalars(trainer: pl.Trainer, values: dict[str, float], step: int) -> None:

@@ -1,169 +1,281 @@
-"""Several optimizer steps per Lightning step (``steps_per_batch``), for any module.
+"""The one training loop: K optimizer steps per Lightning step, for any module (K = 1 too).
 
 Lightning's fixed cost per training step (~0.8 ms on a 2-core CPU: hooks over every
-callback, the optimizer closure, progress and logging bookkeeping) is as large as a whole
-step of these small models. ``KStepTraining`` runs K optimizer steps inside one
-``training_step`` (manual optimization), one per batch of a ``(K, ...)`` group the
-datamodule serves, so that cost is paid once per K steps, and it keeps everything else as
-K = 1 has it: ``global_step`` counts optimizer steps, the learning-rate schedule is stepped
-every step, terms are logged at the same steps, ``on_before_optimizer_step`` runs before
-every step, and a run stops at ``max_steps`` or at a callback's request at the same step.
+callback, progress and logging bookkeeping) is as large as a whole step of these small
+models. ``KStepTraining`` runs the optimizer steps of a group of K batches inside one
+``training_step`` (manual optimization), so that cost is paid once per K steps. The
+datamodule serves the group as one ``(K, B, ...)`` tensor (``steps_per_batch``); K = 1 is
+the same loop with groups of one. This module is the only one that knows K: it keeps
+Lightning's conventions at any K, and ``align_steps_per_batch`` / ``trainer_overrides``
+say what the CLI must set for that:
+
+- ``global_step`` counts optimizer steps; ``max_steps`` stops at the same step; the
+  learning-rate schedule is stepped every step; ``log_every_n_steps`` logs the training
+  terms at the same steps (straight to the loggers) and ``train/loss`` of a group's last
+  step reaches ``trainer.callback_metrics`` (EarlyStopping, ModelCheckpoint(monitor));
+- ``on_before_backward`` / ``on_after_backward`` / ``on_before_optimizer_step`` run for
+  every step (``manual_backward`` and Lightning's optimizer step); a callback that asks
+  to stop (the divergence guard) ends the group at that step;
+- the trainer's ``gradient_clip_val`` / ``gradient_clip_algorithm`` and
+  ``accumulate_grad_batches`` are applied here (Lightning refuses them under manual
+  optimization, so the CLI hands them to ``configure_loop``);
+- step cadences that Lightning checks at the end of a Lightning step
+  (``ModelCheckpoint(every_n_train_steps)``, an integer ``val_check_interval``,
+  ``limit_train_batches``) fall on group ends: K is lowered to divide them
+  (``align_steps_per_batch``) and the trainer counts them in groups;
+- per-step callbacks that act between steps (``LearningRateMonitor``,
+  ``WeightAveraging``) get their hook for every inner step, with Lightning's logging
+  step kept equal to the optimizer step (``compat.set_logging_step``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
+from functools import reduce
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.plugins.precision import Precision
-from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+from pytorch_lightning.callbacks import LearningRateMonitor, WeightAveraging
 from torch import Tensor
+
+from lightning_vae.compat import set_logging_step
+from lightning_vae.scalars import log_scalars
+
+
+
+CLIP_ALGORITHMS = ("norm", "value")
+# Callbacks whose per-step hooks act between optimizer steps, called by the loop for every
+# inner step (Lightning calls them once per group): before a step, and after one.
+BEFORE_STEP_CALLBACKS = (LearningRateMonitor,)
+AFTER_STEP_CALLBACKS = (WeightAveraging,)
+
+
+def align_steps_per_batch(k: int, cadences: list[int]) -> int:
+    """The largest group size <= ``k`` that divides every step cadence (> 0), so that
+    each falls on a group end: gcd(k, *cadences)."""
+    return reduce(math.gcd, [c for c in cadences if c and c > 0], k)
+
+
+def trainer_overrides(trainer_args: dict[str, Any], k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the trainer arguments the K-step loop takes over from those Lightning keeps.
+
+    Returns (arguments for ``configure_loop``, overrides for the Trainer): clipping and
+    accumulation move to the loop; an integer ``val_check_interval`` or
+    ``limit_train_batches`` (in optimizer steps, as at K = 1) is counted in groups of
+    ``k`` (``align_steps_per_batch`` made ``k`` divide them)."""
+    loop = {"gradient_clip_val": trainer_args.get("gradient_clip_val"),
+            "gradient_clip_algorithm": trainer_args.get("gradient_clip_algorithm") or "norm",
+            "accumulate_grad_batches": trainer_args.get("accumulate_grad_batches") or 1}
+    overrides: dict[str, Any] = {"gradient_clip_val": None, "gradient_clip_algorithm": None,
+                                 "accumulate_grad_batches": 1}
+    for key in ("val_check_interval", "limit_train_batches"):
+        value = trainer_args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            overrides[key] = max(1, value // k)
+    return loop, overrides
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _get(node, key):
+    return node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+
+
+def step_cadences(config) -> list[int]:
+    """The step cadences of a parsed run config that must fall on group ends: every
+    ModelCheckpoint's ``every_n_train_steps`` (the ``checkpoint`` group and any in
+    ``trainer.callbacks``), an integer ``trainer.val_check_interval`` and
+    ``limit_train_batches``; and, where a cadence counts steps across epochs
+    (``every_n_train_steps``, ``check_val_every_n_epoch: null``), the epoch's length."""
+    trainer = _get(config, "trainer") or {}
+    global_steps = [_get(_get(config, "checkpoint") or {}, "every_n_train_steps")]
+    for cb in _get(trainer, "callbacks") or []:
+        if "ModelCheckpoint" in str(_get(cb, "class_path")):
+            global_steps.append(_get(_get(cb, "init_args") or {}, "every_n_train_steps"))
+    in_epoch = [_get(trainer, "val_check_interval"), _get(trainer, "limit_train_batches")]
+    if _get(trainer, "check_val_every_n_epoch") is None:
+        global_steps.append(in_epoch.pop(0))
+    out = [v for v in map(_int, global_steps + in_epoch) if v is not None]
+    data = _get(config, "data") or {}
+    if any(map(_int, global_steps)) and _int(_get(data, "n_train")) and _int(_get(data, "batch_size")):
+        out.append(_get(data, "n_train") // _get(data, "batch_size"))
+    return out
+
+
+def plan_run(config) -> list[str]:
+    """Set, in a parsed ``fit`` config, what the loop needs; return a note per change.
+
+    - ``eval_every_n_steps`` (> 0, the CLI's default 512): where validation and checkpoints
+      are left at Lightning's every epoch, they run every n epochs instead, n the smallest
+      divisor of ``max_epochs`` spanning at least that many steps (``evaluation_epochs``):
+      an epoch of 2 steps at batch 4096 no longer pays a validation every 2 steps.
+    - ``data.steps_per_batch``: lowered to divide every step cadence (``align_steps_per_batch``).
+    """
+    notes = []
+    data, trainer = _get(config, "data"), _get(config, "trainer")
+    every = _get(config, "eval_every_n_steps")
+    n_train, batch_size = _int(_get(data, "n_train")), _int(_get(data, "batch_size"))
+    if every and n_train and batch_size and _get(trainer, "check_val_every_n_epoch") == 1 \
+            and _get(trainer, "val_check_interval") in (None, 1, 1.0):
+        n = evaluation_epochs(every, n_train // batch_size, _get(trainer, "max_epochs"))
+        if n > 1:
+            trainer.check_val_every_n_epoch = n
+            checkpoint = _get(config, "checkpoint")
+            if checkpoint is not None and _get(checkpoint, "every_n_epochs") in (None, 1) \
+                    and not _get(checkpoint, "every_n_train_steps") and not _get(checkpoint, "train_time_interval"):
+                checkpoint.every_n_epochs = n
+    k = _get(data, "steps_per_batch")
+    if _int(k):
+        aligned = align_steps_per_batch(k, step_cadences(config))
+        if aligned != k:
+            data.steps_per_batch = aligned
+            model = _get(config, "model")
+            if model is not None and _get(model, "steps_per_batch") is not None:
+                model.steps_per_batch = aligned
+            notes.append(f"data.steps_per_batch {k} -> {aligned}, so that every step cadence "
+                         f"({', '.join(map(str, step_cadences(config)))} steps) falls on the end of "
+                         f"a group of steps; the run is the same")
+    return notes
+
+
+def evaluation_epochs(every_n_steps: int, steps_per_epoch: int, max_epochs: int) -> int:
+    """Validate (and checkpoint) every n epochs, n the smallest divisor of ``max_epochs``
+    with n * steps_per_epoch >= every_n_steps (so the run's last epoch is validated), or
+    ``max_epochs`` if there is none; without a ``max_epochs``, the smallest such n."""
+    n = max(1, -(-every_n_steps // max(1, steps_per_epoch)))
+    if max_epochs is None or max_epochs < 1:
+        return n
+    return next((d for d in range(n, max_epochs + 1) if max_epochs % d == 0), max_epochs)
 
 
 class KStepTraining:
-    """Mixin for a ``LightningModule`` with ``steps_per_batch`` and ``gradient_clip``
-    attributes, ``automatic_optimization`` off when either is in use, and:
+    """Mixin for a ``LightningModule`` (listed before it): the training loop. The module
+    provides ``step_terms(x, step, values)``, the objective's ``Terms`` of one batch at
+    optimizer step ``step`` (``terms.loss`` may have a leading members dim: its sum is
+    minimised; ``values``: whether the logged terms are needed), and may override
+    ``log_train(terms, step)``."""
 
-    - ``_train_terms(x, step, values)``: the objective's ``Terms`` of one batch at optimizer
-      step ``step`` (``terms.loss`` may have a leading members dim: its sum is minimised;
-      ``values``: whether the logged terms are needed);
-    - ``_log_train(terms, step)``: write them to the loggers at x = ``step`` (``step``
-      None: the automatic path's logging step).
-
-    It provides ``training_step`` (K = 1 without gradient clipping: Lightning's automatic
-    optimization), ``_total_steps`` for the learning-rate schedule, and the K-step loop.
-    """
-
-    _step_hooks: list | None = None
-
-    def _configure_steps(self, lr_schedule: str, steps_per_batch: int, gradient_clip: float | None) -> None:
+    def _configure_steps(self, lr_schedule: str, steps_per_batch: int) -> None:
         """Check and set the training-loop arguments shared by every model that uses this."""
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if steps_per_batch < 1:
             raise ValueError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-        if gradient_clip is not None and not gradient_clip > 0:
-            raise ValueError(f"gradient_clip must be > 0 or null, got {gradient_clip}")
-        self.lr_schedule, self.steps_per_batch, self.gradient_clip = lr_schedule, steps_per_batch, gradient_clip
-        self.automatic_optimization = steps_per_batch == 1 and gradient_clip is None
+        self.lr_schedule, self.steps_per_batch = lr_schedule, steps_per_batch
+        self.automatic_optimization = False
+        self.configure_loop()
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        if not self.automatic_optimization:
-            return self._k_steps(x)
-        log_now = self.trainer._logger_connector.should_update_logs
-        terms = self._train_terms(x, self.global_step, values=log_now)
-        if log_now:
-            self._log_train(terms)
-        return terms.loss if terms.loss.dim() == 0 else terms.loss.sum()
+    def configure_loop(self, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm",
+                       accumulate_grad_batches: int = 1) -> None:
+        """What ``Trainer(gradient_clip_val=..., gradient_clip_algorithm=...,
+        accumulate_grad_batches=...)`` means, applied by the loop (the CLI passes the
+        trainer's values here; in Python, call it before ``fit``)."""
+        if gradient_clip_val is not None and not (gradient_clip_val >= 0 and math.isfinite(gradient_clip_val)):
+            raise ValueError(f"gradient_clip_val must be a number >= 0 or null, got {gradient_clip_val}")
+        if gradient_clip_algorithm not in CLIP_ALGORITHMS:
+            raise ValueError(f"gradient_clip_algorithm must be one of {', '.join(CLIP_ALGORITHMS)}, "
+                             f"got {gradient_clip_algorithm!r}")
+        if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) \
+                or accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
+        self.gradient_clip_val = gradient_clip_val or None  # 0 means off, as in Lightning
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.accumulate_grad_batches = accumulate_grad_batches
 
     def setup(self, stage: str) -> None:
-        if self.steps_per_batch > 1:
-            # Lightning counts a K-step batch as one step and so warns that an epoch of few
-            # batches is shorter than the logging interval; the K-step loop logs every
-            # log_every_n_steps optimizer steps itself, so the warning does not apply.
-            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) "
-                                    r"is smaller than the logging interval")
+        # Lightning counts a group as one step and so warns that an epoch of few groups is
+        # shorter than the logging interval; the loop logs every log_every_n_steps optimizer
+        # steps itself, so the warning does not apply.
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) "
+                                r"is smaller than the logging interval")
 
     def on_train_start(self) -> None:
-        self._step_hooks = self._direct_step_hooks()
+        cbs = self.trainer.callbacks
+        self._before_step = [cb for cb in cbs if isinstance(cb, BEFORE_STEP_CALLBACKS)]
+        self._after_step = [cb for cb in cbs if isinstance(cb, AFTER_STEP_CALLBACKS)]
 
-    def _direct_step_hooks(self) -> list | None:
-        """The ``on_before_optimizer_step`` hooks to call around a direct optimizer step,
-        or None where Lightning's own optimizer step must run.
+    def on_train_epoch_start(self) -> None:
+        self._micro = 0  # batches accumulated towards the next optimizer step
 
-        Lightning's ``LightningOptimizer.step`` dispatches ``on_before_optimizer_step`` to
-        every callback (each through a profiler context; ~25 us a step for eight callbacks,
-        most of which do not override it) and the module, then steps the optimizer. In full
-        precision, with a strategy whose optimizer step adds nothing (single device, DDP
-        without model averaging), the loop does the same work directly: it counts the step
-        in Lightning's progress (so ``global_step``, ``max_steps``, checkpoints and resume
-        are unchanged), calls the hook of each callback and of the module that overrides
-        it, in Lightning's order, and steps the optimizer.
-        """
-        trainer, strategy = self.trainer, self.trainer.strategy
-        if (type(trainer.precision_plugin) is not Precision
-                or type(strategy) not in (SingleDeviceStrategy, DDPStrategy)
-                or getattr(strategy, "_model_averager", None) is not None):
-            return None
-        base = pl.Callback.on_before_optimizer_step
-        hooks = [partial(cb.on_before_optimizer_step, trainer, self)
-                 for cb in trainer.callbacks if type(cb).on_before_optimizer_step is not base]
-        if type(self).on_before_optimizer_step is not pl.LightningModule.on_before_optimizer_step:
-            hooks.append(self.on_before_optimizer_step)
-        return hooks
-
-    def _k_steps(self, x: Tensor) -> Tensor:
-        """One optimizer step per batch of ``x``: ``(K, ...)`` batches when
-        ``steps_per_batch > 1`` (the last group of an epoch may be shorter), else one batch.
-        Returns the losses, ``(K,)`` or ``(K, M)``."""
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        """One optimizer step per batch of the group ``x`` ``(K, ...)`` (the last group of
+        an epoch may be shorter; with ``accumulate_grad_batches`` N, one step per N
+        batches). Returns the losses, ``(K,)`` or ``(K, M)``."""
         trainer = self.trainer
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        every = trainer.log_every_n_steps
-        # In full precision on one device, backward needs none of what manual_backward adds
-        # (loss scaling), only two more rounds of hooks over every callback: with K > 1
-        # callbacks' on_before/after_backward are not called. Under DDP manual_backward is
-        # what prepares DDP's reducer for each backward, so that every step's gradients are
-        # averaged over the ranks (a bare backward would leave each rank its own).
-        plain_backward = type(trainer.precision_plugin) is Precision and trainer.world_size == 1
-        hooks = self._step_hooks
-        # Bound once: attribute lookups on Lightning's wrappers cost ~1 us each, per step.
-        zero_grad, torch_step = optimizer.zero_grad, optimizer.optimizer.step
-        before, after = optimizer._on_before_step, optimizer._on_after_step  # step count, profiler
-        schedule = scheduler.step if scheduler is not None else None
-        losses, logged = [], None
-        step = self.global_step  # counted here: Lightning's property walks its loop objects
+        every, n_acc = trainer.log_every_n_steps, self.accumulate_grad_batches
+        last_group = batch_idx + 1 == trainer.num_training_batches
         max_steps = trainer.max_steps if trainer.max_steps != -1 else math.inf
-        for xb in x if self.steps_per_batch > 1 else x[None]:
+        step = self.global_step  # counted here: Lightning's property walks its loop objects
+        losses: list[Tensor] = []
+        for i, xb in enumerate(x):
             # Stop where K = 1 would: at max_steps, or when a callback asked to stop (the
             # divergence guard, after skipping a non-finite step).
-            if step >= max_steps or (losses and trainer.should_stop):
+            if self._micro == 0 and (step >= max_steps or (losses and trainer.should_stop)):
                 break
-            # The automatic path's convention: step t's terms at x = t, every n-th step.
-            log_now = bool(every) and (step + 1) % every == 0
-            terms = self._train_terms(xb, step, values=log_now)
+            if i > 0 and self._micro == 0:
+                set_logging_step(trainer, step)
+                for cb in self._before_step:
+                    cb.on_train_batch_start(trainer, self, xb, batch_idx)
+            self._micro += 1
+            # The step completes here: N batches accumulated, or the epoch's last batch
+            # (Lightning's rule for accumulate_grad_batches).
+            completes = self._micro == n_acc or (last_group and i == len(x) - 1)
+            log_now = completes and bool(every) and (step + 1) % every == 0
+            terms = self.step_terms(xb, step, values=log_now)
             # An ensemble's members, (M,): summed, each gets its own gradient.
             loss = terms.loss if terms.loss.dim() == 0 else terms.loss.sum()
-            zero_grad(set_to_none=True)
-            if plain_backward:
-                loss.backward()
-            else:
-                self.manual_backward(loss)
-            if self.gradient_clip is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip,
-                                    gradient_clip_algorithm="norm")
-            if hooks is None:
-                optimizer.step()
-            else:
-                before()
-                for hook in hooks:
-                    hook(optimizer.optimizer)
-                torch_step()
-                after()
-            if schedule is not None:
-                schedule()
+            if self._micro == 1:
+                optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss / n_acc if n_acc > 1 else loss)
             losses.append(terms.loss.detach())
+            if not completes:
+                continue
+            if self.gradient_clip_val is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                    gradient_clip_algorithm=self.gradient_clip_algorithm)
+            optimizer.step()  # Lightning's: on_before_optimizer_step hooks, global_step + 1
+            self.on_after_optimizer_step(step)
+            if scheduler is not None:
+                scheduler.step()
+            self._micro = 0
             if log_now:
-                self._log_train(terms, step=step)
-                logged = terms
+                self.log_train(terms, step)
             step += 1
-        if logged is not None and trainer.progress_bar_callback is not None:
-            # Once per Lightning step (what the bar shows): ~0.4 ms a self.log call.
-            self.log("train/loss", logged.loss.detach().mean(), prog_bar=True, logger=False)
-        return torch.stack(losses)
+            if i < len(x) - 1:
+                set_logging_step(trainer, step - 1)
+                for cb in self._after_step:
+                    cb.on_train_batch_end(trainer, self, None, xb, batch_idx)
+        # Lightning adds one to its logging step after this group: keep it = global_step.
+        set_logging_step(trainer, step - 1)
+        if losses:
+            # The last step's loss, for callbacks that monitor it (EarlyStopping,
+            # ModelCheckpoint) and the progress bar; the logger got it at its own steps.
+            self.log("train/loss", losses[-1].mean(), prog_bar=True, logger=False, on_step=True,
+                     on_epoch=False, batch_size=x.shape[-2] if x.dim() > 2 else 1)
+        return torch.stack(losses) if losses else x.new_zeros(0)
+
+    def on_after_optimizer_step(self, step: int) -> None:
+        """Called after optimizer step ``step`` (the loop's hook; none in Lightning)."""
+
+    def log_train(self, terms, step: int) -> None:
+        """Write a step's loss and terms to the loggers at x = ``step`` (rank zero)."""
+        values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
+        values["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        log_scalars(self.trainer, {k: float(v) for k, v in values.items()}, step)
 
     def _total_steps(self) -> int:
         """Optimizer steps of the whole run (what the cosine schedule spans)."""
         trainer = self.trainer
-        if self.automatic_optimization:
-            total = trainer.estimated_stepping_batches
-        else:  # Lightning counts K-step batches; count the optimizer steps
-            per_epoch = trainer.datamodule.steps_per_epoch(trainer.world_size)
-            total = per_epoch * trainer.max_epochs if trainer.max_epochs > 0 else math.inf
-            if trainer.max_steps != -1:
-                total = min(total, trainer.max_steps)
+        batches = trainer.datamodule.steps_per_epoch(trainer.world_size)
+        per_epoch = -(-batches // self.accumulate_grad_batches)
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs > 0 else math.inf
+        if trainer.max_steps != -1:
+            total = min(total, trainer.max_steps)
         if not math.isfinite(total):
             raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_epochs "
                              "or trainer.max_steps, or use lr_schedule 'constant'")

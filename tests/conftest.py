@@ -22,6 +22,7 @@ TINY = [
     "--sample_quality.n_samples=500",
     "--sample_figure.every_n_epochs=4",
     "--sample_figure.n_points=300",
+    "--eval_every_n_steps=0",  # validation every epoch (the tests read per-epoch values)
 ]
 
 

@@ -22,7 +22,7 @@ RTOL, ATOL = 1e-4, 1e-5
 COMMON = ["--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", "--data.n_train=5000", "--data.n_val=1000",
           "--data.n_test=500", "--sample_quality.every_n_epochs=1", "--sample_quality.n_samples=1000",
-          "--sample_figure.every_n_epochs=2", "--sample_figure.n_points=200"]
+          "--sample_figure.every_n_epochs=2", "--sample_figure.n_points=200", "--eval_every_n_steps=0"]
 
 
 def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProcess:
@@ -33,14 +33,25 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("config,k", [("seed_spread.yaml", 32), ("seed_elbo.yaml", 32), ("seed_spread.yaml", 1)])
-def test_two_cpu_processes_train_the_one_process_run(config, k, tmp_path):
+@pytest.mark.parametrize("config,k,objective", [
+    ("seed_spread.yaml", 32, None), ("seed_elbo.yaml", 32, None), ("seed_spread.yaml", 1, None),
+    ("seed_spread.yaml", 32, "my_objectives.BetaELBO"),  # a user's own, outside the package
+])
+def test_two_cpu_processes_train_the_one_process_run(config, k, objective, tmp_path, monkeypatch):
     """K = 32 optimizer steps per Lightning step (the default; each step's gradients are
-    averaged over the ranks) and K = 1 (Lightning's automatic optimization)."""
-    one = _fit(config, tmp_path, "one", "--data.batch_size=128", f"--data.steps_per_batch={k}")
+    averaged over the ranks) and K = 1; and a user's own objective class (the example of
+    the objectives module docstring), unchanged."""
+    extra = []
+    if objective is not None:
+        from test_objective_contract import _docstring_example
+
+        (tmp_path / "my_objectives.py").write_text(_docstring_example() + "\n")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+        extra = [f"--model.objective={objective}"]
+    one = _fit(config, tmp_path, "one", "--data.batch_size=128", f"--data.steps_per_batch={k}", *extra)
     assert one.returncode == 0, one.stderr[-3000:]
     ddp = _fit(config, tmp_path, "ddp", "--data.batch_size=64", f"--data.steps_per_batch={k}", "--config",
-               str(CONFIGS / "trainer" / "ddp_cpu2.yaml"))
+               str(CONFIGS / "trainer" / "ddp_cpu2.yaml"), *extra)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # One run directory, written once (rank 0): config, checkpoint, one event file.
     (run,) = run_dirs(tmp_path, "ddp")

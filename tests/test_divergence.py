@@ -48,7 +48,7 @@ class Tamper(pl.Callback):
     @torch.no_grad()
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         start = trainer.global_step
-        steps = batch if pl_module.steps_per_batch > 1 else batch[None]  # (K, B, D), a view
+        steps = batch  # (K, B, D), a view
         for i in range(len(steps)):
             if start + i in self.nan_data_at:
                 steps[i, 0] = math.nan

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import CONFIGS, TINY, fit, run_dirs
 from lightning_vae.ensemble import EnsembleVAE
 from lightning_vae.ensemble import main as ensemble_main
 from lightning_vae.model import VAE
-from lightning_vae.objectives import SpreadELBO
+from lightning_vae.nets import DeterministicDecoder
 from lightning_vae.report import read_scalars
 
 ENSEMBLE_TINY = [a for a in TINY if a.startswith(("--trainer.", "--data."))]
@@ -22,6 +24,8 @@ ENSEMBLE_TINY = [a for a in TINY if a.startswith(("--trainer.", "--data."))]
     ("seed_spread.yaml", 6, 30),
     ("seed_elbo.yaml", 6, 100),  # past the variance collapse (~step 60)
     ("circle_spread.yaml", 6, 30),  # 64 states with learned mixture weights, in R^3
+    ("circle_gauss_spread.yaml", 6, 30),  # a Gaussian latent: each member draws its own eps
+    ("delta_gaussian.yaml", 6, 30),  # a deterministic decoder (delta-VAE)
 ])
 def test_members_equal_single_runs(tmp_path, config, k, max_steps):
     """Members of a K-step ensemble equal single K = 1 runs: weights, collapse steps."""
@@ -47,8 +51,10 @@ def test_members_equal_single_runs(tmp_path, config, k, max_steps):
             # Equal up to float rounding of batched vs unbatched matrix products.
             assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), (s, key, (a[key] - b[key]).abs().max())
         # ... and the training moved the weights (the test would be empty otherwise).
-        torch.manual_seed(s)
-        init = VAE(data_dim=single.net.data_dim, objective=SpreadELBO(0.3), latent=single.net.latent).net.state_dict()
+        torch.manual_seed(s)  # the single run's initial weights: its own settings, its seed
+        decoder = DeterministicDecoder() if single.net.deterministic else None
+        init = VAE(data_dim=single.net.data_dim, objective=single.objective, latent=single.net.latent,
+                   decoder=decoder).net.state_dict()
         assert max((a[key] - init[key]).abs().max() for key in a) > 1e-3
         single_collapse = read_scalars(singles[s]).get("decoder/collapse_step")
         assert rows[m]["collapse_step"] == (single_collapse[-1][1] if single_collapse else None)
@@ -61,3 +67,35 @@ def test_bad_ensemble_arguments():
         EnsembleVAE(seeds=[1, 1])
     with pytest.raises(ValueError, match="seeds must be a non-empty list"):
         EnsembleVAE(seeds=[])
+
+
+class PoisonMember(pl.Callback):
+    """Test-only: a NaN in one data row of one member's batch at step ``at`` (a real
+    non-finite gradient, with finite weights)."""
+
+    def __init__(self, member: int = 1, at: int = 10) -> None:
+        self.member, self.at = member, at
+
+    @torch.no_grad()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        i = self.at - trainer.global_step
+        if 0 <= i < len(batch):  # batch (K, M, B, D)
+            batch[i, self.member, 0] = math.nan
+
+
+def test_a_diverged_member_is_frozen_and_the_others_finish(tmp_path):
+    seeds = [0, 3, 5]
+    steps = ["--trainer.max_steps=60", "--trainer.max_epochs=-1", "--data.steps_per_batch=1"]
+    ensemble_main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *ENSEMBLE_TINY, *steps,
+                   "--ensemble_monitor.n_samples=500", f"--model.seeds=[{','.join(map(str, seeds))}]",
+                   "--trainer.callbacks+=" + json.dumps({"class_path": f"{__name__}.PoisonMember"}),
+                   f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=ens"])
+    (run,) = run_dirs(tmp_path, "ens")
+    rows = {r["seed"]: r for r in json.loads((run / "ensemble_summary.json").read_text())}
+    assert rows[3]["diverged_step"] == 10 and rows[0]["diverged_step"] is None is rows[5]["diverged_step"]
+    ens = EnsembleVAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert ens.frozen == {3: 10}
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 60  # the others trained to the end
+    assert all(bool(p.isfinite().all()) for p in ens.stacked)  # frozen at finite weights
+    assert all(math.isfinite(rows[s]["quality/mmd"]) for s in (0, 5))

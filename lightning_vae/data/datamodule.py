@@ -33,14 +33,14 @@ class _Batches(Sampler):
     DDP each rank takes every ``world_size``-th batch of the same permutation, and every
     rank gets the same number of batches (unequal counts would hang the gradient
     all-reduce): training drops the batches left over, evaluation wraps around to the
-    first batches (as ``DistributedSampler`` pads). With ``group > 1`` consecutive batches
-    are served ``group`` at a time, ``(group, B)`` or an ensemble's ``(group, M, B)`` (the
-    last group of an epoch may be smaller): the same batches in the same order, fewer
-    trips through the loader.
+    first batches (as ``DistributedSampler`` pads). Training batches are served ``group``
+    consecutive ones at a time, ``(group, B)`` or an ensemble's ``(group, M, B)`` (the last
+    group of an epoch may be smaller; group 1 is ``(1, B)``): the same batches in the same
+    order for any group size, fewer trips through the loader.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
-                 member_seeds: list[int] | None = None, group: int = 1) -> None:
+                 member_seeds: list[int] | None = None, group: int | None = None) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.member_seeds, self.group = drop_last, member_seeds, group
         self.epoch, self.rank, self.world_size = 0, 0, 1
@@ -57,7 +57,7 @@ class _Batches(Sampler):
         return n // ws if self.drop_last else -(-n // ws)
 
     def __len__(self) -> int:
-        return -(-self._n_rank_batches() // self.group)
+        return -(-self._n_rank_batches() // (self.group or 1))
 
     def _order(self, seed: int) -> Tensor:
         if not self.shuffle:
@@ -72,7 +72,7 @@ class _Batches(Sampler):
         n = self._n_batches()
         batches = [order[..., b * self.batch_size : (b + 1) * self.batch_size]
                    for b in ((self.rank + i * self.world_size) % n for i in range(self._n_rank_batches()))]
-        if self.group == 1:
+        if self.group is None:  # evaluation: one batch at a time
             yield from batches
             return
         for j in range(0, len(batches), self.group):
@@ -99,10 +99,9 @@ class ManifoldDataModule(pl.LightningDataModule):
             ``model.seeds``): training batches become ``(M, B, D)``, member m shuffled as a
             single run with ``shuffle_seed = member_seeds[m]`` (``(K, M, B, D)`` with
             ``steps_per_batch`` K > 1).
-        steps_per_batch: serve this many consecutive training batches at once, ``(K, B, D)``;
-            the model takes one optimizer step per batch (K steps per Lightning step), so
-            Lightning's per-step overhead is paid once per K steps. Same batches, same order,
-            same results as 1.
+        steps_per_batch: serve this many consecutive training batches at once, ``(K, B, D)``
+            (1: ``(1, B, D)``); the model's training loop takes one optimizer step per batch
+            (``lightning_vae/steps.py``). Same batches, same order, same results at any K.
     """
 
     def __init__(
@@ -184,7 +183,7 @@ class ManifoldDataModule(pl.LightningDataModule):
     def _loader(self, x: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
         sampler = _Batches(len(x), batch_size, shuffle, seed=self.shuffle_seed, drop_last=shuffle,
                            member_seeds=self.member_seeds if shuffle else None,
-                           group=self.steps_per_batch if shuffle else 1)
+                           group=self.steps_per_batch if shuffle else None)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
