@@ -9,8 +9,8 @@ setup:
 seed: setup  ## reproduce the seed: the ELBO failure and the spread fix, with a summary
 	@$(PY) -m lightning_vae.reproduce
 
-test: setup  ## the default test suite (CI runs exactly this)
-	@$(PY) -m pytest -q
+test: setup  ## the default test suite (CI runs exactly this): 2 workers, one test file each at a time
+	@$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: setup  ## long learning-signal tests, incl. the 10-seed loops
 	@$(PY) -m pytest -q -m slow

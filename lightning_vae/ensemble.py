@@ -231,7 +231,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         return terms
 
     def log_train(self, terms, step: int) -> None:
-        self._member_log({"train/loss": terms.loss.detach(),
+        self.member_log({"train/loss": terms.loss.detach(),
                           **{f"train/{k}": v for k, v in terms.values.items()}}, step)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
@@ -259,20 +259,22 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
             return
         keys = self._val[0]
         mean = {k: torch.stack([v[k] for v in self._val]).mean(0) for k in keys}
-        self._member_log(mean)
+        self.member_log(mean)
         # The ensemble's own scalars: the spread of the members.
         self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()}, sync_dist=True)
 
-    def _member_log(self, values: dict[str, Tensor], step: int | None = None) -> None:
+    def member_log(self, values: dict[str, Tensor], step: int | None = None) -> None:
         """Write ``(M,)`` values, one per member's TensorBoard run, at x = ``step``
-        (default: the global step)."""
+        (default: the global step); a member's NaN in a ``_SPARSE`` tag is not written (it
+        has no such event, as its single run would not)."""
         writers = _member_writers(self.trainer, self.seeds)
         if writers is None:
             return
         step = self.global_step if step is None else step
         host = {k: v.float().cpu().tolist() for k, v in values.items()}
         for m, w in enumerate(writers):
-            write_scalars(w, {k: v[m] for k, v in host.items()}, step)
+            write_scalars(w, {k: v[m] for k, v in host.items()
+                              if not (k in _SPARSE and math.isnan(v[m]))}, step)
 
     def configure_optimizers(self):
         return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
@@ -293,6 +295,8 @@ class _MethodCaller(nn.Module):
 
 
 _WRITERS: dict[tuple[str, tuple[int, ...]], list] = {}
+# Tags a single run writes only when the event happened (its presence means it did).
+_SPARSE = ("decoder/collapse_step",)
 
 
 def _member_writers(trainer: pl.Trainer, seeds: list[int]):
@@ -365,12 +369,12 @@ class EnsembleMonitor(pl.Callback):
         values = {"decoder/min_likelihood_std_ratio": ratio, **decoder_scalars(loc, scale)}
         values["decoder/collapse_step"] = torch.tensor(
             [math.nan if c is None else c for c in self.collapse_step or [None] * len(pl_module.seeds)])
-        pl_module._member_log(values, step)
+        pl_module.member_log(values, step)
 
     def _quality(self, trainer, pl_module) -> list[dict[str, float]]:
         rows = [self.quality.compute(pl_module.member(m), trainer.datamodule)
                 for m in range(len(pl_module.seeds))]
-        pl_module._member_log({k: torch.tensor([r[k] for r in rows]) for k in rows[0]})
+        pl_module.member_log({k: torch.tensor([r[k] for r in rows]) for k in rows[0]})
         return rows
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -393,14 +397,35 @@ class EnsembleMonitor(pl.Callback):
             if centres is not None:
                 row["both_modes"] = recovered_both_modes(row, centres)
             summary.append(row)
+        pl_module.member_log({"hp/diverged": torch.tensor([float(s in pl_module.frozen)
+                                                            for s in pl_module.seeds])})
         if trainer.is_global_zero and trainer.log_dir is not None:
             path = Path(trainer.log_dir) / "ensemble_summary.json"
             path.write_text(json.dumps(summary, indent=1))
+            _write_member_configs(Path(trainer.log_dir), pl_module.seeds)
             if centres is not None:
                 n_ok = sum(r["both_modes"] for r in summary)
                 _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "
                       f"members; per-member summary in {path}")
         close_writers()
+
+
+def _write_member_configs(run_dir: Path, seeds: list[int]) -> None:
+    """``seed_<s>/config.yaml``: the config of the single run each member equals (the
+    ensemble's, with ``seed_everything: s`` and no member seeds), so that reports and
+    ``fit --config`` treat a member as that run."""
+    import yaml
+
+    source = run_dir / "config.yaml"
+    if not source.is_file():
+        return
+    config = yaml.safe_load(source.read_text())
+    config.get("model", {}).pop("seeds", None)
+    config.get("data", {}).pop("member_seeds", None)
+    for s in seeds:
+        (run_dir / f"seed_{s}").mkdir(exist_ok=True)
+        (run_dir / f"seed_{s}" / "config.yaml").write_text(yaml.safe_dump({**config, "seed_everything": s},
+                                                                          sort_keys=False))
 
 
 class EnsembleCLI(VAECLI):

@@ -2,14 +2,14 @@
 (torch only; no Lightning).
 
 A kernel is a stateless family of zero-mean noise densities k(u) on each axis, independent
-across axes. The noise level is passed per call as ``sigma``, the kernel's per-axis
+across axes. The noise level is passed per call as ``noise_std``, the kernel's per-axis
 STANDARD DEVIATION whatever its shape, so levels are comparable across kernels and can be
 annealed (see ``schedules``). Spreading both the data and the model with such a kernel gives
-the spread KL of Zhang et al., "Spread Divergence", ICML 2020 (SCIENCE.md §2-3)::
+the spread KL of Zhang et al., "Spread Divergence", ICML 2020 (docs/science.md §2-3)::
 
-    kernel.sample(shape, sigma, generator)        # u ~ k, (*shape)
-    kernel.log_prob(u, sigma)                     # log k(u), summed over the last axis
-    kernel.convolved_log_prob(u, scale, sigma)    # log of (N(0, scale^2) * k)(u), same
+    kernel.sample(shape, noise_std, generator)        # u ~ k, (*shape)
+    kernel.log_prob(u, noise_std)                     # log k(u), summed over the last axis
+    kernel.convolved_log_prob(u, scale, noise_std)    # log of (N(0, scale^2) * k)(u), same
 
 ``convolved_log_lik`` is the likelihood the objectives train: the decoder convolved with the
 kernel, for every point and latent state. Every case it covers is an exact closed form.
@@ -36,14 +36,14 @@ ERFCX_CF_FROM = 3.0
 ERFCX_CF_TERMS = 20
 
 
-def _check_sigma(sigma: float, positive: bool = False) -> float:
-    sigma = float(sigma)
+def _check_noise_std(noise_std: float, positive: bool = False) -> float:
+    noise_std = float(noise_std)
     # `not >=` also rejects NaN.
-    if not (sigma >= 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
-    if positive and sigma == 0:
-        raise ValueError(f"sigma must be > 0 for a density, got {sigma}")
-    return sigma
+    if not (noise_std >= 0 and math.isfinite(noise_std)):
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
+    if positive and noise_std == 0:
+        raise ValueError(f"noise_std must be > 0 for a density, got {noise_std}")
+    return noise_std
 
 
 def _gaussian_log_prob(u: Tensor, scale: Tensor | float) -> Tensor:
@@ -58,33 +58,33 @@ def _device(generator: torch.Generator | None, device: torch.device | str | None
 
 
 class Kernel(Protocol):
-    """A zero-mean noise family, independent across axes, with per-axis std ``sigma``."""
+    """A zero-mean noise family, independent across axes, with per-axis std ``noise_std``."""
 
-    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+    def sample(self, shape: torch.Size | tuple[int, ...], noise_std: float,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> Tensor: ...
 
-    def log_prob(self, u: Tensor, sigma: float) -> Tensor: ...
+    def log_prob(self, u: Tensor, noise_std: float) -> Tensor: ...
 
-    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor: ...
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, noise_std: float) -> Tensor: ...
 
 
 class GaussianKernel:
-    """k(u) = N(u; 0, sigma^2) on each axis."""
+    """k(u) = N(u; 0, noise_std^2) on each axis."""
 
-    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+    def sample(self, shape: torch.Size | tuple[int, ...], noise_std: float,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> Tensor:
-        return _check_sigma(sigma) * torch.randn(shape, generator=generator, dtype=dtype,
+        return _check_noise_std(noise_std) * torch.randn(shape, generator=generator, dtype=dtype,
                                                  device=_device(generator, device))
 
-    def log_prob(self, u: Tensor, sigma: float) -> Tensor:
-        return _gaussian_log_prob(u, _check_sigma(sigma, positive=True)).sum(-1)
+    def log_prob(self, u: Tensor, noise_std: float) -> Tensor:
+        return _gaussian_log_prob(u, _check_noise_std(noise_std, positive=True)).sum(-1)
 
-    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor:
-        """Exact: N(0, scale^2) * N(0, sigma^2) = N(0, scale^2 + sigma^2); variances add."""
-        sigma = _check_sigma(sigma)
-        return _gaussian_log_prob(u, torch.hypot(scale, scale.new_tensor(sigma))).sum(-1)
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, noise_std: float) -> Tensor:
+        """Exact: N(0, scale^2) * N(0, noise_std^2) = N(0, scale^2 + noise_std^2); variances add."""
+        noise_std = _check_noise_std(noise_std)
+        return _gaussian_log_prob(u, torch.hypot(scale, scale.new_tensor(noise_std))).sum(-1)
 
     def __repr__(self) -> str:
         return "GaussianKernel()"
@@ -130,25 +130,25 @@ def _log_emg(u: Tensor, s: Tensor, b: float) -> Tensor:
 
 
 class LaplaceKernel:
-    """k(u) = exp(-|u|/b) / (2b) on each axis, b = sigma / sqrt(2) (so its std is sigma)."""
+    """k(u) = exp(-|u|/b) / (2b) on each axis, b = noise_std / sqrt(2) (so its std is noise_std)."""
 
-    def sample(self, shape: torch.Size | tuple[int, ...], sigma: float,
+    def sample(self, shape: torch.Size | tuple[int, ...], noise_std: float,
                generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> Tensor:
         """A difference of two Exponential(mean b) draws, each -b log(1 - U), U in [0, 1):
         1 - U > 0, so no draw is infinite."""
-        b = _check_sigma(sigma) / SQRT_2
+        b = _check_noise_std(noise_std) / SQRT_2
         uniform = torch.rand((2, *shape), generator=generator, dtype=dtype,
                              device=_device(generator, device))  # (2, *shape)
         e = -torch.log1p(-uniform)
         return b * (e[0] - e[1])
 
-    def log_prob(self, u: Tensor, sigma: float) -> Tensor:
-        b = _check_sigma(sigma, positive=True) / SQRT_2
+    def log_prob(self, u: Tensor, noise_std: float) -> Tensor:
+        b = _check_noise_std(noise_std, positive=True) / SQRT_2
         return (-u.abs() / b - math.log(2 * b)).sum(-1)
 
-    def convolved_log_prob(self, u: Tensor, scale: Tensor, sigma: float) -> Tensor:
-        """Exact: N(0, s^2) * Laplace(0, b), per axis with b = sigma/sqrt2, s = scale:
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, noise_std: float) -> Tensor:
+        """Exact: N(0, s^2) * Laplace(0, b), per axis with b = noise_std/sqrt2, s = scale:
 
             p(u) = (1/(4b)) exp(s^2/(2b^2)) [exp(-u/b) erfc((s^2/b - u)/(s sqrt2))
                                              + exp(u/b) erfc((s^2/b + u)/(s sqrt2))].
@@ -156,10 +156,10 @@ class LaplaceKernel:
         A Laplace is a 50/50 mixture of +Exponential(b) and -Exponential(b), so p is the mean
         of two exponentially modified Gaussians, computed in log space (see ``_log_emg``).
         """
-        sigma = _check_sigma(sigma)
-        if sigma == 0:
+        noise_std = _check_noise_std(noise_std)
+        if noise_std == 0:
             return _gaussian_log_prob(u, scale).sum(-1)
-        b = sigma / SQRT_2
+        b = noise_std / SQRT_2
         return (torch.logaddexp(_log_emg(u, scale, b), _log_emg(-u, scale, b)) - LOG_2).sum(-1)
 
     def __repr__(self) -> str:
@@ -167,30 +167,30 @@ class LaplaceKernel:
 
 
 def convolved_log_lik(kernel: Kernel, y: Tensor, loc: Tensor, scale: Tensor | None,
-                      sigma: float) -> Tensor:
+                      noise_std: float) -> Tensor:
     """log (p(.|z_k) * k_sigma)(y_b) for every point b and latent state k, summed over axes.
 
     The decoder p(x|z) = N(x; loc, diag(scale^2)), or delta(x - loc) if ``scale`` is None
-    (a deterministic decoder, the delta-VAE of SCIENCE.md §3). All cases are exact:
+    (a deterministic decoder, the delta-VAE of docs/science.md §3.3). All cases are exact:
 
-    - sigma == 0: log N(y; loc, scale^2), the ELBO's likelihood;
-    - Gaussian decoder * Gaussian kernel: log N(y; loc, scale^2 + sigma^2);
+    - noise_std == 0: log N(y; loc, scale^2), the ELBO's likelihood;
+    - Gaussian decoder * Gaussian kernel: log N(y; loc, scale^2 + noise_std^2);
     - deterministic decoder * kernel: log k_sigma(y - loc);
     - Gaussian decoder * Laplace kernel: the erfc closed form of
       ``LaplaceKernel.convolved_log_prob``.
 
-    Args: kernel; y ``(..., B, D)``; loc, scale ``(..., K, D)``; sigma: the kernel's std
+    Args: kernel; y ``(..., B, D)``; loc, scale ``(..., K, D)``; noise_std: the kernel's std
     (a Python number, so the cases are chosen before any tensor is seen, also under vmap).
     Returns ``(..., B, K)``.
     """
-    sigma = _check_sigma(sigma)
+    noise_std = _check_noise_std(noise_std)
     u = y[..., :, None, :] - loc[..., None, :, :]  # (..., B, K, D)
     if scale is None:
-        if sigma == 0:
+        if noise_std == 0:
             raise ValueError("a deterministic decoder needs a spread objective with noise > 0: "
                              "its likelihood without noise is a delta function")
-        return kernel.log_prob(u, sigma)
+        return kernel.log_prob(u, noise_std)
     scale = scale[..., None, :, :]  # (..., 1, K, D)
-    if sigma == 0:
+    if noise_std == 0:
         return _gaussian_log_prob(u, scale).sum(-1)
-    return kernel.convolved_log_prob(u, scale, sigma)
+    return kernel.convolved_log_prob(u, scale, noise_std)

@@ -151,7 +151,7 @@ class CategoricalLatent(DiscreteLatent):
 
 
 class GaussianLatent(Latent):
-    """z ~ N(0, I_dim), q(z | x) = N(mu(x), diag(std(x)^2)), reparameterised (not enumerable).
+    """z ~ N(0, I_dim), q(z | x) = N(loc(x), diag(scale(x)^2)), reparameterised (not enumerable).
 
     Training estimates E_q log p(x|z) with ``n_samples`` draws per point (the KL to the
     prior is exact); evaluation reports the importance-weighted bound (IWAE, Burda et al.

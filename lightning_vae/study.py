@@ -35,9 +35,12 @@ from lightning_vae.report import read_scalars
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below ``root``: an event file and a ``config.yaml`` side by side."""
+    """Run directories below ``root``: an event file and a ``config.yaml`` side by side. An
+    ensemble's members (``<run>/seed_<s>/``) are runs like single ones; the ensemble's own
+    directory (its ``ensemble_summary.json``) holds only their aggregate, and is skipped."""
     runs = {p.parent for p in root.rglob("events.out.tfevents.*") if (p.parent / "config.yaml").is_file()}
-    return sorted(r for r in runs if ".incomplete-" not in str(r))
+    return sorted(r for r in runs if ".incomplete-" not in str(r)
+                  and not (r / "ensemble_summary.json").is_file())
 
 
 def group_of(run: Path, root: Path) -> str:
@@ -51,10 +54,10 @@ def noise_level(run: Path) -> float | None:
     objective = (cfg.get("model") or {}).get("objective") or {}
     if "Spread" not in str(objective.get("class_path", "")):
         return None
-    sigma = (objective.get("init_args") or {}).get("noise_std")
-    if isinstance(sigma, dict):  # a schedule
-        sigma = (sigma.get("init_args") or {}).get("end", sigma.get("init_args", {}).get("value"))
-    return float(sigma) if sigma is not None else None
+    noise_std = (objective.get("init_args") or {}).get("noise_std")
+    if isinstance(noise_std, dict):  # a schedule
+        noise_std = (noise_std.get("init_args") or {}).get("end", noise_std.get("init_args", {}).get("value"))
+    return float(noise_std) if noise_std is not None else None
 
 
 def _curves(groups: dict[str, list[dict]], tag: str):

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 from conftest import ROOT
 
 
-def test_bench_steps_runs_and_prints_ratios():
-    proc = subprocess.run([sys.executable, "benchmarks/bench_steps.py", "--steps", "40",
-                           "--warmup", "10", "--batch_sizes", "64", "--skip_wall", "--repeats", "1",
-                           "--steps_per_batch", "1", "8"],
+def test_bench_steps_runs_and_prints_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    # 640 points at batch 64: 10 steps an epoch, so 20 steps are 2 whole epochs (the default
+    # column validates, checkpoints, computes the quality metrics and draws in both).
+    proc = subprocess.run([sys.executable, "benchmarks/bench_steps.py", "--steps", "20", "--warmup", "5",
+                           "--batch_sizes", "64", "--n_train", "640", "--skip_wall", "--repeats", "1",
+                           "--json", str(out)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith(("elbo", "spread"))]
-    assert [r[:2] for r in rows] == [["elbo", "64"], ["spread", "64"]]
-    for r in rows:
-        hand, fit, ratio = float(r[2]), float(r[3]), float(r[4])
-        assert hand > 0 and fit > 0
-        # The printed ratio is fit / hand of the unrounded rates: the integers printed beside it
-        # are rounded to +-0.5, so their quotient can differ from it by that much, relatively.
-        slack = ratio * (0.5 / fit + 0.5 / hand) + 0.005
-        assert abs(ratio - fit / hand) <= slack
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["objective"], r["batch_size"], r["steps"]) for r in rows] == [("elbo", 64, 20),
+                                                                             ("spread", 64, 20)]
+    printed = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith(("elbo", "spread"))]
+    assert len(printed) == len(rows)
+    for r, line in zip(rows, printed):
+        assert r["steps_per_batch"] == 32  # nothing passed: the CLI's default K
+        for column in ("hand", "bare", "default"):
+            assert r[column] > 0 and r["runs"][column] == [r[column]]  # one repeat: the best is it
+        # The ratios are the quotients of the unrounded rates (the same floats, exactly) ...
+        assert r["bare_over_hand"] == r["bare"] / r["hand"]
+        assert r["default_over_hand"] == r["default"] / r["hand"]
+        # ... and the table prints exactly those numbers, rounded.
+        assert line == [r["objective"], str(r["batch_size"]), str(r["steps"]), f"{r['hand']:.0f}",
+                        f"{r['bare']:.0f}", f"{r['bare_over_hand']:.2f}", f"{r['default']:.0f}",
+                        f"{r['default_over_hand']:.2f}"]
 
 
 def test_bench_metrics_runs_and_prints_the_total():

@@ -99,3 +99,22 @@ def test_a_diverged_member_is_frozen_and_the_others_finish(tmp_path):
     assert ckpt["global_step"] == 60  # the others trained to the end
     assert all(bool(p.isfinite().all()) for p in ens.stacked)  # frozen at finite weights
     assert all(math.isfinite(rows[s]["quality/mmd"]) for s in (0, 5))
+
+
+def test_report_reads_ensemble_members_like_single_runs(tmp_path):
+    """``python -m lightning_vae report`` on an ensemble: its members are the runs of one
+    configuration (their own config.yaml and events), collapse counted per member."""
+    from lightning_vae.study import find_runs, write_report
+
+    ensemble_main(["fit", "--config", str(CONFIGS / "seed_elbo.yaml"), *ENSEMBLE_TINY,
+                   "--trainer.max_steps=100", "--trainer.max_epochs=-1", "--ensemble_monitor.n_samples=300",
+                   "--model.seeds=[0,3]", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                   "--trainer.logger.init_args.name=ens"])
+    (run,) = run_dirs(tmp_path, "ens")
+    assert find_runs(tmp_path) == [run / "seed_0", run / "seed_3"]
+    assert "seed_everything: 3" in (run / "seed_3" / "config.yaml").read_text()
+    write_report(tmp_path, tmp_path / "report")
+    row = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines()
+               if ln.startswith(f"| ens/{run.name} "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2/2" and cells[-3] == "2" and cells[-2] == "0", row  # both collapsed, none diverged

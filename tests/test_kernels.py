@@ -327,12 +327,12 @@ def test_deterministic_decoder_without_noise_raises(kernel):
 @pytest.mark.parametrize("sigma", [-0.1, float("nan"), float("inf")])
 def test_invalid_noise_level_raises(sigma):
     y, loc, scale, _ = gaussian_decoder_case()
-    message = f"sigma must be a finite number >= 0, got {sigma}"
+    message = f"noise_std must be a finite number >= 0, got {sigma}"
     with pytest.raises(ValueError, match=message):
         convolved_log_lik(LaplaceKernel(), y, loc, scale, sigma)
     with pytest.raises(ValueError, match=message):
         LaplaceKernel().sample((2,), sigma)
-    with pytest.raises(ValueError, match=r"sigma must be > 0 for a density, got 0.0"):
+    with pytest.raises(ValueError, match=r"noise_std must be > 0 for a density, got 0.0"):
         GaussianKernel().log_prob(y, 0.0)
 
 

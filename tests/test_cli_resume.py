@@ -19,7 +19,7 @@ from lightning_vae.report import read_scalars
 ARGS = ["--trainer.max_epochs=6", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--data.n_train=5000", "--data.n_val=500", "--data.n_test=500", "--data.batch_size=128",
         "--sample_quality.n_samples=500", "--sample_figure.n_points=200",
-        "--trainer.callbacks+=killer.KillAtStep"]
+        "--trainer.callbacks+=killer.KillAtStep", "--eval_every_n_steps=0"]  # a checkpoint every epoch
 STEPS_PER_EPOCH = 5000 // 128  # 39
 KILL_AT = 2 * STEPS_PER_EPOCH + 20  # mid-way through the third of six epochs
 

@@ -34,8 +34,10 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("config,k,objective", [
-    ("seed_spread.yaml", 32, None), ("seed_elbo.yaml", 32, None), ("seed_spread.yaml", 1, None),
+    ("seed_elbo.yaml", 32, None),
     ("seed_spread.yaml", 32, "my_objectives.BetaELBO"),  # a user's own, outside the package
+    pytest.param("seed_spread.yaml", 32, None, marks=pytest.mark.slow),  # ~20 s each
+    pytest.param("seed_spread.yaml", 1, None, marks=pytest.mark.slow),
 ])
 def test_two_cpu_processes_train_the_one_process_run(config, k, objective, tmp_path, monkeypatch):
     """K = 32 optimizer steps per Lightning step (the default; each step's gradients are
@@ -43,7 +45,7 @@ def test_two_cpu_processes_train_the_one_process_run(config, k, objective, tmp_p
     the objectives module docstring), unchanged."""
     extra = []
     if objective is not None:
-        from test_objective_contract import _docstring_example
+        from test_objectives_contract import _docstring_example
 
         (tmp_path / "my_objectives.py").write_text(_docstring_example() + "\n")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))

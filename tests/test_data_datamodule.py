@@ -142,8 +142,14 @@ def test_axis_std_and_data_scale():
 
 
 def _epoch(loader, epoch: int) -> list[torch.Tensor]:
+    """One epoch's batches. Training batches come in groups, (K, B, D) (K = 1 here);
+    evaluation batches one at a time, (B, D)."""
     loader.sampler.set_epoch(epoch)
-    return list(loader)
+    items = list(loader)
+    if loader.sampler.group is None:
+        return items
+    assert all(g.dim() == 3 and len(g) == 1 for g in items)
+    return [b for g in items for b in g]
 
 
 def test_train_loader_whole_batches_cover_each_row_once():
@@ -228,11 +234,11 @@ def _index_batches(dm, rank: int, world_size: int) -> list[torch.Tensor]:
     sampler = loader.sampler
     sampler.rank, sampler.world_size = rank, world_size
     sampler.set_epoch(2)
-    idx = list(sampler)
+    idx = [b for group in sampler for b in group]  # groups of one batch: (1, B)
     assert len(sampler) == len(idx)
     # The loader serves exactly those rows.
     for got, i in zip(loader, idx):
-        assert torch.equal(got, dm.train_x[i])
+        assert torch.equal(got[0], dm.train_x[i])
     return idx
 
 
