@@ -193,7 +193,7 @@ class VAECLI(LightningCLI):
         super().before_instantiate_classes()
         cfg = _section(self.config, self.subcommand)
         preflight.check_config(cfg.get("model"), cfg.get("trainer"), self.subcommand)
-        if self.subcommand == "fit":
+        if self.subcommand in ("fit", None):  # None: built with run=False, to fit in Python
             for note in steps.plan_run(cfg):
                 logging.getLogger("lightning_vae").info(note)
 

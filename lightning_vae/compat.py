@@ -9,6 +9,7 @@ name and version, rather than deep inside a run.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: errors.py needs only parser_actions
@@ -61,3 +62,19 @@ def set_logging_step(trainer: Any, step: int) -> None:
         raise AttributeError("Lightning's training epoch loop has no _batches_that_stepped any more; "
                              "lightning_vae.compat.set_logging_step needs updating")
     loop._batches_that_stepped = step
+
+
+def optimizer_step_counters(optimizer: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A ``LightningOptimizer``'s (before, after) callbacks of an optimizer step under manual
+    optimization: they count the step in Lightning's progress (``global_step``) and time it
+    in Lightning's profiler."""
+    # Lightning's manual-optimization loop installs them as ``_on_before_step`` and
+    # ``_on_after_step`` for the duration of a training step; ``LightningOptimizer.step``
+    # calls them around the step, and there is no public way to count a step that does not
+    # go through it (steps.py does so to skip a dispatch of on_before_optimizer_step to every
+    # callback through a profiler context, ~25 us a step, when no callback but a few use it).
+    for name in ("_on_before_step", "_on_after_step"):
+        if not callable(getattr(optimizer, name, None)):
+            raise AttributeError(f"Lightning's LightningOptimizer has no {name} any more; "
+                                 "lightning_vae.compat.optimizer_step_counters needs updating")
+    return optimizer._on_before_step, optimizer._on_after_step

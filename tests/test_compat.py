@@ -149,3 +149,38 @@ def test_set_logging_step_sets_the_loops_counter():
     assert loop._batches_that_stepped == 41
     assert loop.on_save_checkpoint().get("_batches_that_stepped") == 41, (
         f"{LIGHTNING}: the loop's state (what a checkpoint restores) no longer holds the logging step")
+
+
+class _CountSteps(pl.LightningModule):
+    """Manual optimization that steps through compat.optimizer_step_counters only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        before, after = compat.optimizer_step_counters(optimizer)
+        optimizer.zero_grad()
+        self.w.sum().backward()
+        before()
+        optimizer.optimizer.step()
+        after()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(5, 1), batch_size=1)
+
+
+def test_optimizer_step_counters_count_a_step_in_global_step():
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_epochs=1)
+    model = _CountSteps()
+    trainer.fit(model)
+    assert trainer.global_step == 5, (
+        f"{LIGHTNING}: LightningOptimizer's _on_before_step/_on_after_step no longer count a "
+        f"manual optimizer step in global_step; compat.optimizer_step_counters needs updating")
+    assert float(model.w) == pytest.approx(1 - 5 * 0.1)
