@@ -292,12 +292,12 @@ class KStepTraining:
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)
             self._optimizer_step(optimizer)  # on_before_optimizer_step hooks, global_step + 1
             self.on_after_optimizer_step(step)
+            if log_now:  # before the schedule moves on: train/lr is the rate this step used
+                self.log_train(terms, step)
+                logged = True
             if scheduler is not None:
                 scheduler.step()
             self._micro = 0
-            if log_now:
-                self.log_train(terms, step)
-                logged = True
             step += 1
             if i < len(x) - 1:
                 set_logging_step(trainer, step - 1)

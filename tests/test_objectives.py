@@ -1,4 +1,4 @@
-"""Identities of the maths in ``lightning_vae.objectives`` (SCIENCE.md §1-2)."""
+"""Identities of the maths in ``lightning_vae.objectives`` (docs/science.md §1-2)."""
 
 from __future__ import annotations
 
