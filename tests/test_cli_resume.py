@@ -35,7 +35,7 @@ def _run(args: list[str], kill_at: int | None = None) -> subprocess.CompletedPro
 
 @pytest.mark.parametrize("config,k", [
     ("seed_spread.yaml", 32),
-    pytest.param("seed_spread.yaml", 1, marks=pytest.mark.slow),  # Lightning's automatic optimization
+    pytest.param("seed_spread.yaml", 1, marks=pytest.mark.slow),  # groups of one step
     pytest.param("circle_gauss_spread.yaml", 32, marks=pytest.mark.slow),  # Gaussian latent: its draws too
 ])
 def test_killed_run_resumes_bit_exactly(config, k, tmp_path):
