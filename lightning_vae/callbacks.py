@@ -15,6 +15,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
@@ -57,6 +58,8 @@ class Cadence:
     def due(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
             return False
+        if trainer.state.fn != TrainerFn.FITTING:  # validate / test: the user asked for it now
+            return True
         if final_validation(trainer):
             due = True
         elif self.every_n_epochs is not None:

@@ -46,3 +46,36 @@ def test_validation_logs_diagnostics_and_bits_per_dim(runs):
     assert 0 <= entropy <= math.log(2)
     log_px, bpd = s["val/log_px"][-1][1], s["val/bits_per_dim"][-1][1]
     assert bpd == pytest.approx(-log_px / (2 * math.log(2)), rel=1e-5)
+
+
+def test_quality_and_figure_cadence(tmp_path):
+    """By wall time during fit (and always at the final validation); every time in
+    validate; every n epochs when asked."""
+    import time
+
+    import pytorch_lightning as pl
+
+    from lightning_vae.callbacks import Cadence
+
+    class FakeTrainer:
+        sanity_checking, should_stop, max_epochs, max_steps, global_step = False, False, 10, -1, 5
+
+        def __init__(self, fn: str, epoch: int) -> None:
+            self.state = type("S", (), {"fn": pl.trainer.states.TrainerFn(fn)})()
+            self.current_epoch = epoch
+            self.strategy = type("St", (), {"broadcast": staticmethod(lambda v: v)})()
+
+    timed = Cadence(None, every_n_seconds=3600)
+    timed.start()
+    assert not timed.due(FakeTrainer("fit", 3))  # an hour has not passed
+    assert timed.due(FakeTrainer("fit", 9))  # the last epoch
+    assert timed.due(FakeTrainer("validate", 3))  # validate: always
+    quick = Cadence(None, every_n_seconds=0.0)
+    quick.start()
+    time.sleep(0.01)
+    assert quick.due(FakeTrainer("fit", 2))
+    by_epoch = Cadence(4, every_n_seconds=0.0)
+    assert [by_epoch.due(FakeTrainer("fit", e)) for e in range(8)] == [False, False, False, True,
+                                                                        False, False, False, True]
+    with pytest.raises(ValueError, match="every_n_epochs must be >= 1 or null, got 0"):
+        Cadence(0, 1.0)
