@@ -379,8 +379,9 @@ class SampleFigure(pl.Callback):
         self.n_points, self.seed = n_points, seed
 
     @torch.no_grad()
-    def figure(self, pl_module, datamodule):
-        """The matplotlib figure (first two axes of the data)."""
+    def figure(self, pl_module, datamodule, step: int | None = None):
+        """The matplotlib figure (first two axes of the data) of a model with ``sample``,
+        titled with ``step`` (default: the module's global step)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -400,7 +401,8 @@ class SampleFigure(pl.Callback):
         ax.set_xlabel("x")
         ax.set_ylabel("y" if j else "x")
         note = f" ({n_bad} non-finite samples not shown)" if n_bad else ""
-        ax.set_title(f"step {pl_module.global_step}{note}", fontsize=10)
+        step = pl_module.global_step if step is None else step
+        ax.set_title(f"step {step}{note}", fontsize=10)
         ax.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
         return fig
@@ -765,35 +767,41 @@ class HParamsSummary(pl.Callback):
         writer = _tb(trainer)
         if writer is None:
             return
-        from torch.utils.tensorboard.summary import hparams
-
         cm = trainer.callback_metrics
         values = {f"hp/{k.replace('/', '_')}": float(cm[k]) for k in self.KEYS if k in cm}
         monitor, guard = _find(trainer, DecoderVarianceMonitor), _find(trainer, DivergenceGuard)
         collapse = monitor.collapse if monitor is not None else None
         values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
         values["hp/diverged"] = float(guard is not None and guard.diverged is not None)
-        params = _plain_params(pl_module.hparams)
+        params = plain_params(pl_module.hparams)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None:
-            params.update(_plain_params(datamodule.hparams, prefix="data/"))
+            params.update(plain_params(datamodule.hparams, prefix="data/"))
         # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
         params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
-        # Only the session's start and end: a run that writes its own experiment summary
-        # (torch's ``exp``) makes TensorBoard show the columns of whichever run it reads
-        # first, so a setting only some runs have (spread's noise_std next to an ELBO run) got
-        # no column. Without one, TensorBoard builds the experiment from every run's session:
-        # the union of their hyperparameters, marked where they differ (the metric columns
-        # are then every scalar tag; the hp/* ones hold the final values).
-        _, ssi, sei = hparams(params, values)
-        fw = file_writer(writer)
-        for summary in (ssi, sei):
-            fw.add_summary(summary)
-        write_scalars(writer, values, trainer.global_step)
-        writer.flush()
+        write_hparams(writer, params, values, trainer.global_step)
 
 
-def _plain_params(hparams, prefix: str = "") -> dict[str, int | float | str | bool]:
+def write_hparams(writer, params: dict, values: dict[str, float], step: int) -> None:
+    """One run's HPARAMS session (its settings ``params``, final metrics ``values``), and
+    the metrics as scalars at ``step``."""
+    from torch.utils.tensorboard.summary import hparams
+
+    # Only the session's start and end: a run that writes its own experiment summary
+    # (torch's ``exp``) makes TensorBoard show the columns of whichever run it reads
+    # first, so a setting only some runs have (spread's noise_std next to an ELBO run) got
+    # no column. Without one, TensorBoard builds the experiment from every run's session:
+    # the union of their hyperparameters, marked where they differ (the metric columns
+    # are then every scalar tag; the hp/* ones hold the final values).
+    _, ssi, sei = hparams(params, values)
+    fw = file_writer(writer)
+    for summary in (ssi, sei):
+        fw.add_summary(summary)
+    write_scalars(writer, values, step)
+    writer.flush()
+
+
+def plain_params(hparams, prefix: str = "") -> dict[str, int | float | str | bool]:
     """Nested hyperparameters as flat ``a/b/c`` keys with values TensorBoard accepts;
     private keys (``_instantiator``) left out."""
     out = {}
@@ -801,7 +809,7 @@ def _plain_params(hparams, prefix: str = "") -> dict[str, int | float | str | bo
         if k.startswith("_"):
             continue
         if isinstance(v, dict):
-            out.update(_plain_params(v, f"{prefix}{k}/"))
+            out.update(plain_params(v, f"{prefix}{k}/"))
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out

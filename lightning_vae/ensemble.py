@@ -29,7 +29,14 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_vae.callbacks import SampleQuality, decoder_scalars
+from lightning_vae.callbacks import (
+    HParamsSummary,
+    SampleFigure,
+    SampleQuality,
+    decoder_scalars,
+    plain_params,
+    write_hparams,
+)
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, add_eval_cadence, run_cli
 from lightning_vae.latents import BernoulliLatent, Latent
@@ -259,6 +266,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
             return
         keys = self._val[0]
         mean = {k: torch.stack([v[k] for v in self._val]).mean(0) for k in keys}
+        self.last_val = {k: v.detach().cpu() for k, v in mean.items()}  # (M,) each, for HPARAMS
         self.member_log(mean)
         # The ensemble's own scalars: the spread of the members.
         self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()}, sync_dist=True)
@@ -329,16 +337,19 @@ class EnsembleMonitor(pl.Callback):
         quality_every_n_epochs: sample quality of every member after every n-th validation
             epoch (and at the end); it is the costly part of an ensemble's epoch.
         n_samples: model samples and validation points per quality evaluation.
+        figures: each member's final ``samples/scatter`` figure (~0.1 s each).
     """
 
     def __init__(self, collapse_ratio: float = 1e-2, quality_every_n_epochs: int = 10,
-                 n_samples: int = 2000) -> None:
+                 n_samples: int = 2000, figures: bool = True) -> None:
         if not collapse_ratio > 0:
             raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
         if quality_every_n_epochs < 1:
             raise ValueError(f"quality_every_n_epochs must be >= 1, got {quality_every_n_epochs}")
         self.collapse_ratio, self.quality_every_n_epochs = collapse_ratio, quality_every_n_epochs
         self.quality = SampleQuality(n_samples=n_samples)
+        self.figures = figures
+        self._figure = SampleFigure(n_points=min(1000, n_samples))
         self.collapse_step: list[int | None] | None = None
 
     @torch.no_grad()
@@ -397,8 +408,7 @@ class EnsembleMonitor(pl.Callback):
             if centres is not None:
                 row["both_modes"] = recovered_both_modes(row, centres)
             summary.append(row)
-        pl_module.member_log({"hp/diverged": torch.tensor([float(s in pl_module.frozen)
-                                                            for s in pl_module.seeds])})
+        self._figures_and_hparams(trainer, pl_module, rows)
         if trainer.is_global_zero and trainer.log_dir is not None:
             path = Path(trainer.log_dir) / "ensemble_summary.json"
             path.write_text(json.dumps(summary, indent=1))
@@ -408,6 +418,31 @@ class EnsembleMonitor(pl.Callback):
                 _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "
                       f"members; per-member summary in {path}")
         close_writers()
+
+
+    @torch.no_grad()
+    def _figures_and_hparams(self, trainer, pl_module, rows: list[dict[str, float]]) -> None:
+        """Per member, as its single run writes them: the final ``samples/scatter`` figure
+        and the HPARAMS session (its settings with its own seed; its final metrics)."""
+        writers = _member_writers(trainer, pl_module.seeds)
+        if writers is None:
+            return
+        params = {k: v for k, v in plain_params(pl_module.hparams).items() if k != "seeds"}
+        params.update({k: v for k, v in plain_params(trainer.datamodule.hparams, prefix="data/").items()
+                       if k != "data/member_seeds"})
+        last_val = getattr(pl_module, "last_val", {})
+        step = trainer.global_step
+        for m, (seed, writer) in enumerate(zip(pl_module.seeds, writers)):
+            values = {f"hp/{k.replace('/', '_')}": float(v[m]) for k, v in last_val.items()
+                      if k in HParamsSummary.KEYS}
+            values.update({f"hp/{k.replace('/', '_')}": v for k, v in rows[m].items() if k in HParamsSummary.KEYS})
+            collapse = (self.collapse_step or [None] * len(pl_module.seeds))[m]
+            values["hp/collapse_step"] = float(collapse) if collapse is not None else -1.0
+            values["hp/diverged"] = float(seed in pl_module.frozen)
+            if self.figures:
+                fig = self._figure.figure(pl_module.member(m), trainer.datamodule, step=step)
+                writer.add_figure("samples/scatter", fig, step, close=True)
+            write_hparams(writer, {**params, "seed": seed}, values, step)
 
 
 def _write_member_configs(run_dir: Path, seeds: list[int]) -> None:

@@ -16,7 +16,7 @@ from lightning_vae.model import VAE
 from lightning_vae.nets import DeterministicDecoder
 from lightning_vae.report import read_scalars
 
-ENSEMBLE_TINY = [a for a in TINY if a.startswith(("--trainer.", "--data."))]
+ENSEMBLE_TINY = [a for a in TINY if a.startswith(("--trainer.", "--data.", "--eval_every"))]
 
 
 @pytest.mark.parametrize("config,k,max_steps", [
@@ -118,3 +118,14 @@ def test_report_reads_ensemble_members_like_single_runs(tmp_path):
                if ln.startswith(f"| ens/{run.name} "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2/2" and cells[-3] == "2" and cells[-2] == "0", row  # both collapsed, none diverged
+    # Each member's run has its final figure and its HPARAMS session, as a single run's has.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for s in (0, 3):
+        ea = EventAccumulator(str(run / f"seed_{s}"), size_guidance={"images": 0})
+        ea.Reload()
+        assert [e.step for e in ea.Images("samples/scatter")] == [100]
+        scalars = read_scalars(run / f"seed_{s}")
+        assert scalars["hp/diverged"][-1][1] == 0.0 and scalars["hp/collapse_step"][-1][1] >= 0
+        assert "hp/quality_mmd" in scalars and "hp/val_loss" in scalars
+        assert ea.PluginTagToContent("hparams")  # the session's start and end summaries
