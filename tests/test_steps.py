@@ -70,7 +70,7 @@ def test_bad_loop_settings_are_refused(bad, message):
 # --- the same run at any K ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", ["seed_elbo.yaml", "seed_spread.yaml"])
+@pytest.mark.parametrize("config", ["seed_elbo.yaml", pytest.param("seed_spread.yaml", marks=pytest.mark.slow)])
 def test_steps_per_batch_gives_the_same_run(tmp_path, config):
     """Same batches, same order, same weights, the same logged steps and values, the same
     collapse step."""
@@ -147,7 +147,7 @@ def test_every_step_runs_the_backward_and_optimizer_step_hooks(tmp_path, precisi
 # --- Lightning's conventions at K = 32 as at K = 1 -----------------------------------------
 
 
-@pytest.mark.parametrize("algorithm,value", [("norm", 0.5), ("value", 0.05)])
+@pytest.mark.parametrize("algorithm,value", [("norm", 0.5), pytest.param("value", 0.05, marks=pytest.mark.slow)])
 def test_trainer_gradient_clipping(tmp_path, algorithm, value):
     clip = [f"--trainer.gradient_clip_val={value}", f"--trainer.gradient_clip_algorithm={algorithm}",
             "--trainer.max_epochs=2", *NO_VAL]
