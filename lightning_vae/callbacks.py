@@ -762,13 +762,17 @@ class HParamsSummary(pl.Callback):
             "quality/dist_mean", "quality/dist_p95", "quality/mode_imbalance", "decoder/min_std_ratio_val",
             "encoder/posterior_entropy")
 
+    @classmethod
+    def hp_values(cls, metrics) -> dict[str, float]:
+        """``hp/<name>`` of the ``KEYS`` that ``metrics`` holds (``val/loss`` -> ``hp/val_loss``)."""
+        return {f"hp/{k.replace('/', '_')}": float(metrics[k]) for k in cls.KEYS if k in metrics}
+
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
         writer = _tb(trainer)
         if writer is None:
             return
-        cm = trainer.callback_metrics
-        values = {f"hp/{k.replace('/', '_')}": float(cm[k]) for k in self.KEYS if k in cm}
+        values = self.hp_values(trainer.callback_metrics)
         monitor, guard = _find(trainer, DecoderVarianceMonitor), _find(trainer, DivergenceGuard)
         collapse = monitor.collapse if monitor is not None else None
         values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0

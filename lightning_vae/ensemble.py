@@ -433,9 +433,7 @@ class EnsembleMonitor(pl.Callback):
         last_val = getattr(pl_module, "last_val", {})
         step = trainer.global_step
         for m, (seed, writer) in enumerate(zip(pl_module.seeds, writers)):
-            values = {f"hp/{k.replace('/', '_')}": float(v[m]) for k, v in last_val.items()
-                      if k in HParamsSummary.KEYS}
-            values.update({f"hp/{k.replace('/', '_')}": v for k, v in rows[m].items() if k in HParamsSummary.KEYS})
+            values = HParamsSummary.hp_values({**{k: v[m] for k, v in last_val.items()}, **rows[m]})
             collapse = (self.collapse_step or [None] * len(pl_module.seeds))[m]
             values["hp/collapse_step"] = float(collapse) if collapse is not None else -1.0
             values["hp/diverged"] = float(seed in pl_module.frozen)

@@ -11,8 +11,9 @@ the spread KL of Zhang et al., "Spread Divergence", ICML 2020 (docs/science.md Â
     kernel.log_prob(u, noise_std)                     # log k(u), summed over the last axis
     kernel.convolved_log_prob(u, scale, noise_std)    # log of (N(0, scale^2) * k)(u), same
 
-``convolved_log_lik`` is the likelihood the objectives train: the decoder convolved with the
-kernel, for every point and latent state. Every case it covers is an exact closed form.
+``residual_log_lik`` is the likelihood the spread objective trains: the decoder convolved with
+the kernel, at residuals u = y - loc(z); ``convolved_log_lik`` is the same for every point and
+latent state. Every case they cover is an exact closed form.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 from torch.special import erfc, erfcx
+
+from lightning_vae.densities import normal_log_prob
 
 LOG_2PI = math.log(2 * math.pi)
 LOG_2 = math.log(2.0)
@@ -84,7 +87,7 @@ class GaussianKernel:
     def convolved_log_prob(self, u: Tensor, scale: Tensor, noise_std: float) -> Tensor:
         """Exact: N(0, scale^2) * N(0, noise_std^2) = N(0, scale^2 + noise_std^2); variances add."""
         noise_std = _check_noise_std(noise_std)
-        return _gaussian_log_prob(u, torch.hypot(scale, scale.new_tensor(noise_std))).sum(-1)
+        return normal_log_prob(u, torch.hypot(scale, scale.new_tensor(noise_std)))
 
     def __repr__(self) -> str:
         return "GaussianKernel()"
@@ -183,14 +186,24 @@ def convolved_log_lik(kernel: Kernel, y: Tensor, loc: Tensor, scale: Tensor | No
     (a Python number, so the cases are chosen before any tensor is seen, also under vmap).
     Returns ``(..., B, K)``.
     """
-    noise_std = _check_noise_std(noise_std)
     u = y[..., :, None, :] - loc[..., None, :, :]  # (..., B, K, D)
+    return residual_log_lik(kernel, u, None if scale is None else scale[..., None, :, :], noise_std)
+
+
+def residual_log_lik(kernel: Kernel, u: Tensor, scale: Tensor | None, noise_std: float) -> Tensor:
+    """log (p(.|z) * k_noise_std)(u) at residuals u = y - loc(z), summed over the last axis.
+
+    ``scale`` is the decoder std (broadcasting against u), or None for a deterministic
+    decoder (then the kernel itself, which needs noise_std > 0); noise_std 0 is the
+    decoder's own Gaussian likelihood. Gaussian * Gaussian is one Gaussian with the
+    variances added: the arithmetic of ``densities.normal_log_prob`` (the seed's numbers).
+    """
+    noise_std = _check_noise_std(noise_std)
     if scale is None:
         if noise_std == 0:
             raise ValueError("a deterministic decoder needs a spread objective with noise > 0: "
                              "its likelihood without noise is a delta function")
         return kernel.log_prob(u, noise_std)
-    scale = scale[..., None, :, :]  # (..., 1, K, D)
     if noise_std == 0:
-        return _gaussian_log_prob(u, scale).sum(-1)
+        return normal_log_prob(u, scale)
     return kernel.convolved_log_prob(u, scale, noise_std)

@@ -55,6 +55,7 @@ the decoder means at first order; once split, the modes stay split at beta = 1
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar, NamedTuple, Protocol
@@ -71,7 +72,7 @@ from lightning_vae.densities import (  # noqa: F401 - re-exported: the maths of 
     log_marginal,
     normal_log_prob,
 )
-from lightning_vae.kernels import GaussianKernel, Kernel
+from lightning_vae.kernels import GaussianKernel, Kernel, residual_log_lik
 from lightning_vae.schedules import Constant, Schedule
 
 DETERMINISTIC_NEEDS_SPREAD = (
@@ -315,21 +316,9 @@ class SpreadELBO(_Noisy):
         super().__init__(noise_std, kl_warmup_steps, kernel)
 
     def log_lik(self, step: int | None) -> LogLik:
-        """log (p(.|z) * k)(u) at the step's noise level, exact in every case."""
-        noise_std, kernel = self.step_noise_std(step), self.kernel
-        gaussian = noise_std == 0 or isinstance(kernel, GaussianKernel)
-
-        def log_lik(u: Tensor, scale: Tensor | None) -> Tensor:
-            if scale is None:  # deterministic decoder * kernel: the kernel itself
-                if noise_std == 0:
-                    raise ValueError("a deterministic decoder needs a spread objective with noise > 0: "
-                                     "its likelihood without noise is a delta function")
-                return kernel.log_prob(u, noise_std)
-            if gaussian:  # Gaussian * Gaussian: one Gaussian, variances add
-                return normal_log_prob(u, _convolved_scale(scale, noise_std))
-            return kernel.convolved_log_prob(u, scale, noise_std)
-
-        return log_lik
+        """log (p(.|z) * k)(u) at the step's noise level, exact in every case
+        (``kernels.residual_log_lik``)."""
+        return functools.partial(residual_log_lik, self.kernel, noise_std=self.step_noise_std(step))
 
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         return _convolved_scale(scale, self.noise_std)

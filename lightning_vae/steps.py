@@ -62,6 +62,10 @@ def align_steps_per_batch(k: int, cadences: list[int]) -> int:
     return reduce(math.gcd, [c for c in cadences if c and c > 0], k)
 
 
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def trainer_overrides(trainer_args: dict[str, Any], k: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split the trainer arguments the K-step loop takes over from those Lightning keeps.
 
@@ -75,14 +79,10 @@ def trainer_overrides(trainer_args: dict[str, Any], k: int) -> tuple[dict[str, A
     overrides: dict[str, Any] = {"gradient_clip_val": None, "gradient_clip_algorithm": None,
                                  "accumulate_grad_batches": 1}
     for key in ("val_check_interval", "limit_train_batches"):
-        value = trainer_args.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = _int(trainer_args.get(key))
+        if value is not None:
             overrides[key] = max(1, value // k)
     return loop, overrides
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _get(node, key):

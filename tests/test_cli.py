@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from conftest import CONFIGS, ROOT, TINY, fit, run_dirs

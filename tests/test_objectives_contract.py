@@ -16,7 +16,7 @@ from conftest import fit
 from lightning_vae import objectives
 from lightning_vae.densities import elbo_terms, gaussian_log_lik, log_marginal, normal_log_prob
 from lightning_vae.kernels import LaplaceKernel
-from lightning_vae.latents import BernoulliLatent, CategoricalLatent, GaussianLatent
+from lightning_vae.latents import CategoricalLatent, GaussianLatent
 from lightning_vae.model import VAE
 from lightning_vae.nets import DeterministicDecoder, DiscreteVAE, GaussianVAE, importance_weights
 from lightning_vae.objectives import ELBO, DenoisingELBO, Objective, SpreadELBO, Terms
