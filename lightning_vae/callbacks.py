@@ -120,6 +120,44 @@ def _tb(trainer: pl.Trainer):
     return None
 
 
+# --- the member axis: the same callbacks for a single run and an ensemble's members -------
+
+def members(pl_module) -> list[int] | None:
+    """The seeds of a module with a member axis (``EnsembleVAE``), None for a single run.
+
+    Such a module has ``decoder_params()`` and ``last_terms.scale`` with a leading ``(M,)``
+    dim, and ``member(m)`` (member ``m`` as a plain VAE core), ``member_log(values, step)``
+    (``(M,)`` values, one per member's run), ``member_writers()``, ``member_metrics`` (each
+    member's latest logged values), ``frozen`` (seed -> step) and ``freeze(m, step)``.
+    """
+    return getattr(pl_module, "members", None)
+
+
+def _models(pl_module) -> list:
+    """What is evaluated: the module itself, or each member as a plain VAE core."""
+    seeds = members(pl_module)
+    return [pl_module] if seeds is None else [pl_module.member(m) for m in range(len(seeds))]
+
+
+def _write(trainer, pl_module, values: dict, step: int) -> None:
+    """Scalars at x = ``step``: a single run's to its loggers, an ensemble's ``(M,)`` values
+    one per member's run."""
+    if members(pl_module) is None:
+        log_scalars(trainer, {k: float(v) for k, v in values.items()}, step)
+    else:
+        pl_module.member_log({k: torch.as_tensor(v) for k, v in values.items()}, step)
+
+
+def _writers(trainer, pl_module) -> list | None:
+    """The TensorBoard writers: the run's, or one per member (rank zero; None without)."""
+    if not trainer.is_global_zero:
+        return None
+    if members(pl_module) is not None:
+        return pl_module.member_writers()
+    writer = _tb(trainer)
+    return None if writer is None else [writer]
+
+
 class DecoderVarianceMonitor(pl.Callback):
     """Logs the decoder mean and std per axis and latent state; detects variance collapse.
 
@@ -134,6 +172,9 @@ class DecoderVarianceMonitor(pl.Callback):
     With a learned prior (``CategoricalLatent(learn_prior=true)``) it also logs
     ``latent/effective_states`` = exp(entropy of the prior): K for a uniform prior, fewer as
     the mixture's weights concentrate.
+
+    On an ensemble (a module with a member axis, ``members``) all of it is per member,
+    into each member's run: ``collapses[m]`` is member m's first crossing.
 
     Args:
         collapse_ratio: threshold relative to the data scale (1e-2: two orders of
@@ -156,13 +197,27 @@ class DecoderVarianceMonitor(pl.Callback):
         self.collapse_ratio = collapse_ratio
         self.check_every_n_steps = check_every_n_steps
         self.max_states = max_states
-        self.collapse: dict | None = None  # step, axis, state, std of the first crossing
+        # Per member (one for a single run): step, axis, state, std of the first crossing.
+        self.collapses: list[dict | None] = [None]
+
+    @property
+    def collapse(self) -> dict | None:
+        """The first collapse: a single run's, or an ensemble's earliest member's."""
+        found = [c for c in self.collapses if c is not None]
+        return min(found, key=lambda c: c["step"]) if found else None
 
     def state_dict(self) -> dict:
-        return {"collapse": self.collapse}
+        if len(self.collapses) == 1:
+            return {"collapse": self.collapses[0]}
+        return {"collapses": list(self.collapses)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.collapse = state_dict.get("collapse")
+        self.collapses = list(state_dict["collapses"]) if "collapses" in state_dict else [state_dict.get("collapse")]
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        n = len(members(pl_module) or [None])
+        if len(self.collapses) != n:  # (a resume's state is restored after this hook)
+            self.collapses = [None] * n
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -173,50 +228,59 @@ class DecoderVarianceMonitor(pl.Callback):
         log_now = every > 0 and step % every == 0
         if log_now:
             self._log(trainer, pl_module, step)
-        elif self.collapse is None and step % self.check_every_n_steps == 0:
+        elif None in self.collapses and step % self.check_every_n_steps == 0:
             # The step's own forward pass scored it (a second decoder pass cost ~8% of a step).
             terms = getattr(pl_module, "last_terms", None)
             lik_scale = terms.scale if terms is not None else None
             if lik_scale is None:
                 lik_scale = pl_module.likelihood_scale(pl_module.decoder_params()[1])
-            self._check(trainer, step, lik_scale)
+            self._check(trainer, pl_module, step, lik_scale)
 
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module, trainer.global_step)  # the final weights
 
     def _log(self, trainer, pl_module, step: int) -> None:
-        loc, scale = pl_module.decoder_params()  # (K, D)
-        ratio = self._check(trainer, step, pl_module.likelihood_scale(scale))
+        loc, scale = pl_module.decoder_params()  # (K, D), or (M, K, D) for an ensemble
+        ratio = self._check(trainer, pl_module, step, pl_module.likelihood_scale(scale))
         data_scale = trainer.datamodule.data_scale
-        values = {"decoder/min_std_ratio": float(scale.min()) / data_scale,
+        values = {"decoder/min_std_ratio": scale.flatten(-2).amin(-1) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
-                  **{k: float(v) for k, v in decoder_scalars(loc, scale, self.max_states).items()}}
-        prior_logits = getattr(getattr(pl_module, "net", None), "prior_logits", None)
+                  **decoder_scalars(loc, scale, self.max_states)}
+        prior_logits = pl_module.prior_logits() if hasattr(pl_module, "prior_logits") else None
         if prior_logits is not None:
             log_p = torch.log_softmax(prior_logits, -1)
-            values["latent/effective_states"] = float(torch.exp(-(log_p.exp() * log_p).sum()))
-        if self.collapse is not None:
+            values["latent/effective_states"] = torch.exp(-(log_p.exp() * log_p).sum(-1))
+        if members(pl_module) is not None:  # NaN: not written (the member has not collapsed)
+            values["decoder/collapse_step"] = torch.tensor(
+                [math.nan if c is None else c["step"] for c in self.collapses])
+        elif self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
-        log_scalars(trainer, values, step)
+        _write(trainer, pl_module, values, step)
 
-    def _check(self, trainer, step: int, lik_scale: Tensor) -> float:
-        """Record the first collapse; return min likelihood std / data scale."""
+    def _check(self, trainer, pl_module, step: int, lik_scale: Tensor) -> Tensor:
+        """Record each member's first collapse; return min likelihood std / data scale,
+        ``()`` or ``(M,)``."""
         data_scale = trainer.datamodule.data_scale
-        ratio = float(lik_scale.min()) / data_scale
-        if self.collapse is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
-            self._record(trainer, step, lik_scale, data_scale)
+        ratio = lik_scale.flatten(-2).amin(-1) / data_scale
+        seeds = members(pl_module)
+        for m, r in enumerate(ratio.reshape(-1).tolist()):
+            if self.collapses[m] is None and not r >= self.collapse_ratio:  # NaN counts as collapse
+                self._record(trainer, pl_module, m, step, lik_scale if seeds is None else lik_scale[m], data_scale)
         return ratio
 
-    def _record(self, trainer, step: int, lik_scale: Tensor, data_scale: float) -> None:
+    def _record(self, trainer, pl_module, m: int, step: int, lik_scale: Tensor, data_scale: float) -> None:
         k, d = divmod(int(torch.nan_to_num(lik_scale, nan=0.0).argmin()), lik_scale.shape[1])
         axis = axis_name(d, lik_scale.shape[1])
         std = float(lik_scale[k, d])
-        enumerated = getattr(getattr(trainer.lightning_module, "net", None), "enumerable", True)
-        self.collapse = {"step": step, "axis": axis, "state": k if enumerated else None, "std": std}
+        seeds = members(pl_module)
+        core = getattr(pl_module, "net", None) if seeds is None else pl_module.member(m)
+        enumerated = getattr(core, "enumerable", True)
+        self.collapses[m] = {"step": step, "axis": axis, "state": k if enumerated else None, "std": std}
         axis_std = float(trainer.datamodule.axis_std[d])
         where = f"z={k}" if enumerated else "at a sampled z"
-        _warn(f"Decoder variance collapse at step {step}: the likelihood std on axis {axis} "
+        who = "" if seeds is None else f"ensemble member seed {seeds[m]}: "
+        _warn(f"{who}Decoder variance collapse at step {step}: the likelihood std on axis {axis} "
               f"({where}) fell to {std:.3g}, below {self.collapse_ratio:g} x the data scale "
               f"{data_scale:.3g}; the training data's std on that axis is {axis_std:.3g}.")
 
@@ -224,24 +288,30 @@ class DecoderVarianceMonitor(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        loc, scale = pl_module.decoder_params()
         x = trainer.datamodule.val_x.to(pl_module.device)
-        q = pl_module.encode(x)
-        # The same on every rank (all of them see the whole validation set); sync_dist keeps
-        # DDP's epoch-level bookkeeping consistent.
-        pl_module.log_dict({"decoder/min_std_ratio_val": float(scale.min()) / trainer.datamodule.data_scale,
-                            **{k: float(v) for k, v in encoder_diagnostics(q).items()}}, sync_dist=True)
-        writer = _tb(trainer)
-        if writer is None or not trainer.is_global_zero:
-            return
-        dim = scale.shape[1]
-        for d in range(dim):
-            _histogram(writer, f"decoder/log10_std_{axis_name(d, dim)}", scale[:, d].log10(),
-                       trainer.global_step)
-        if hasattr(q, "probs"):  # discrete: the posterior probabilities
-            _histogram(writer, "encoder/q_z1", q.probs, trainer.global_step)
-        else:  # Gaussian: the posterior std (near 1 everywhere is posterior collapse)
-            _histogram(writer, "encoder/q_std", q.base_dist.scale, trainer.global_step)
+        data_scale = trainer.datamodule.data_scale
+        rows, histograms = [], []
+        for model in _models(pl_module):
+            _, scale = model.decoder_params()
+            q = model.encode(x)
+            rows.append({"decoder/min_std_ratio_val": scale.min() / data_scale, **encoder_diagnostics(q)})
+            histograms.append((scale, q))
+        if members(pl_module) is None:
+            # The same on every rank (all of them see the whole validation set); sync_dist
+            # keeps DDP's epoch-level bookkeeping consistent.
+            pl_module.log_dict({k: float(v) for k, v in rows[0].items()}, sync_dist=True)
+        else:
+            pl_module.member_log({k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+        writers = _writers(trainer, pl_module)
+        for writer, (scale, q) in zip(writers or [], histograms):
+            dim = scale.shape[1]
+            for d in range(dim):
+                _histogram(writer, f"decoder/log10_std_{axis_name(d, dim)}", scale[:, d].log10(),
+                           trainer.global_step)
+            if hasattr(q, "probs"):  # discrete: the posterior probabilities
+                _histogram(writer, "encoder/q_z1", q.probs, trainer.global_step)
+            else:  # Gaussian: the posterior std (near 1 everywhere is posterior collapse)
+                _histogram(writer, "encoder/q_std", q.base_dist.scale, trainer.global_step)
 
 
 class SampleQuality(pl.Callback):
@@ -262,7 +332,9 @@ class SampleQuality(pl.Callback):
     MMD and energy use at most ``max_points`` points per side (an order-invariant fixed-seed
     subsample). Under DDP every rank draws the same samples (same weights, same seed) and
     feeds its share of the points (rows ``rank::world_size``); the metrics gather them, so
-    every rank logs the value one process would.
+    every rank logs the value one process would. On an ensemble every member is measured,
+    into its own run. ``last`` holds the latest values, one dict per member (one for a
+    single run).
 
     Args:
         n_samples: number of model samples and of validation points compared.
@@ -288,6 +360,7 @@ class SampleQuality(pl.Callback):
         self.max_points, self.n_projections, self.max_marginal_dim = max_points, n_projections, max_marginal_dim
         self._metrics: dict | None = None
         self._said_no_geometry = False
+        self.last: list[dict[str, float]] | None = None
 
     def _build(self, datamodule, device: torch.device) -> dict:
         """The metric objects, once per run (the bandwidth is fixed by the data)."""
@@ -356,13 +429,18 @@ class SampleQuality(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self.cadence.due(trainer):
             return
-        values = self.compute(pl_module, trainer.datamodule, trainer.global_rank, trainer.world_size)
-        for k, v in values.items():
-            pl_module.log(k, v, sync_dist=True)  # identical on every rank already
+        self.last = [self.compute(model, trainer.datamodule, trainer.global_rank, trainer.world_size)
+                     for model in _models(pl_module)]
+        if members(pl_module) is None:
+            for k, v in self.last[0].items():
+                pl_module.log(k, v, sync_dist=True)  # identical on every rank already
+        else:
+            pl_module.member_log({k: torch.tensor([row[k] for row in self.last]) for k in self.last[0]})
 
 
 class SampleFigure(pl.Callback):
-    """A scatter of validation data against clean-model samples, logged to TensorBoard.
+    """A scatter of validation data against clean-model samples, logged to TensorBoard
+    (each member's into its own run, for an ensemble).
 
     Args:
         every_n_epochs: draw at the validation of every n-th epoch (deterministic); null: by
@@ -408,11 +486,13 @@ class SampleFigure(pl.Callback):
         return fig
 
     def _draw(self, trainer, pl_module) -> None:
-        writer = _tb(trainer)
-        if writer is None or not trainer.is_global_zero:
+        writers = _writers(trainer, pl_module)
+        if writers is None:
             return
-        writer.add_figure("samples/scatter", self.figure(pl_module, trainer.datamodule),
-                          trainer.global_step, close=True)
+        step = trainer.global_step
+        for model, writer in zip(_models(pl_module), writers):
+            writer.add_figure("samples/scatter", self.figure(model, trainer.datamodule, step=step), step,
+                              close=True)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.cadence.start()
@@ -474,6 +554,13 @@ class DivergenceGuard(pl.Callback):
     (``hp/diverged`` 1); ``skipped`` and ``rollbacks`` count what a recovering policy did.
     It all works the same at any ``steps_per_batch``.
 
+    On an ensemble (a module with a member axis, ``members``) the check is per member: a
+    member whose gradient is non-finite is frozen at its weights before that step (its
+    last finite ones; ``freeze``) and reported, and the others train on; the run stops,
+    with the diagnosis, when every member is frozen. ``train/grad_norm`` is each member's.
+    Only policy "stop" applies there (skipping or rolling back one member of a shared
+    optimizer step is not its single run's).
+
     Args:
         policy: "stop", "skip" or "rollback".
         max_skips: ``skip``: stop after this many non-finite steps skipped in a row.
@@ -521,6 +608,9 @@ class DivergenceGuard(pl.Callback):
         self.lr_scale = state_dict.get("lr_scale", 1.0)
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        if members(pl_module) is not None and self.policy != "stop":
+            raise ValueError(f"divergence_guard.policy must be 'stop' for an ensemble (a diverged member "
+                             f"is frozen, the others train on), got {self.policy!r}")
         # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
         self._params = list(pl_module.parameters())
 
@@ -532,6 +622,9 @@ class DivergenceGuard(pl.Callback):
         params = self._params or list(pl_module.parameters())
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
+            return
+        if members(pl_module) is not None:
+            self._member_step(trainer, pl_module, grads)
             return
         # One float: the per-tensor norms fused, then a single host read (~11 us a step).
         self._grad_norm = float(torch.linalg.vector_norm(torch.stack(foreach_norm(grads))))
@@ -554,6 +647,24 @@ class DivergenceGuard(pl.Callback):
             self._rollback(trainer, pl_module, step)
         else:
             self._give_up(trainer, step)
+
+    def _member_step(self, trainer, pl_module, grads: list[Tensor]) -> None:
+        """An ensemble's step: freeze each member whose gradient norm is non-finite."""
+        seeds = members(pl_module)
+        n = len(seeds)
+        norms = torch.linalg.vector_norm(torch.stack([g.reshape(n, -1).norm(dim=1) for g in grads]), dim=0)
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        if every and (step + 1) % every == 0:
+            pl_module.member_log({"train/grad_norm": norms}, step)
+        host = norms.tolist()
+        for m, (seed, norm) in enumerate(zip(seeds, host)):
+            if not math.isfinite(norm) and seed not in pl_module.frozen:
+                pl_module.freeze(m, step)
+                _warn(f"Divergence guard: ensemble member seed {seed} diverged at step {step} (gradient "
+                      f"norm {norm:.4g}): frozen at its last finite weights; the other members train on.")
+        if len(pl_module.frozen) == n and self._stop_at is None:
+            self._grad_norm = host[-1]
+            self._give_up(trainer, step, "every member of the ensemble had diverged and was frozen")
 
     def _give_up(self, trainer, step: int, reason: str | None = None) -> None:
         """Stop at ``step`` (the diagnosis follows at the end of the Lightning step)."""
@@ -638,6 +749,10 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.diverged is not None:
             return
+        if members(pl_module) is not None:  # members are frozen before their step
+            if self._stop_at is not None:
+                self._stop(trainer, pl_module, None, self._grad_norm)
+            return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs  # (K,) with K steps
         recovered, self._recovered = self._recovered, set()
         if self._stop_at is None and (loss is None or bool(torch.isfinite(loss).all())):
@@ -695,6 +810,13 @@ class DivergenceGuard(pl.Callback):
     def diagnosis(self, trainer, pl_module) -> str:
         """One paragraph: what diverged, when, the decoder stds per axis, and why."""
         d = self.diverged
+        seeds = members(pl_module)
+        if seeds is not None:
+            when = ", ".join(f"seed {s} at step {pl_module.frozen[s]}" for s in seeds)
+            kept = f"saved in {d['checkpoint']}" if d["checkpoint"] else "not saved"
+            return (f"Training stopped at step {d['step']}: every member of the ensemble diverged "
+                    f"(non-finite gradient; {when}) and was frozen at its last finite weights, "
+                    f"{kept}; TensorBoard logs are in {trainer.log_dir}.")
         dm = trainer.datamodule
         _, scale = pl_module.decoder_params()  # (K, D) at the last finite weights
         dim = scale.shape[1]
@@ -756,6 +878,8 @@ class HParamsSummary(pl.Callback):
     Use with ``TensorBoardLogger(default_hp_metric=False)``. The metrics are logged as
     ``hp/<name>`` at the last step; ``hp/collapse_step`` is -1 when the decoder variance
     never collapsed, and ``hp/diverged`` is 1 when the run stopped on a non-finite loss.
+    An ensemble writes one session per member, into its run: its settings with its own
+    seed, its own final metrics (``hp/diverged`` 1 for a frozen member).
     """
 
     KEYS = ("val/loss", "val/log_px", "quality/mmd", "quality/energy", "quality/sliced_w2",
@@ -769,21 +893,28 @@ class HParamsSummary(pl.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
-        writer = _tb(trainer)
-        if writer is None:
+        writers = _writers(trainer, pl_module)
+        if writers is None:
             return
-        values = self.hp_values(trainer.callback_metrics)
         monitor, guard = _find(trainer, DecoderVarianceMonitor), _find(trainer, DivergenceGuard)
-        collapse = monitor.collapse if monitor is not None else None
-        values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
-        values["hp/diverged"] = float(guard is not None and guard.diverged is not None)
         params = plain_params(pl_module.hparams)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None:
             params.update(plain_params(datamodule.hparams, prefix="data/"))
-        # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
-        params["seed"] = int(os.environ.get("PL_GLOBAL_SEED", -1))
-        write_hparams(writer, params, values, trainer.global_step)
+        seeds = members(pl_module)
+        if seeds is None:
+            # The run's seed (set by seed_everything), so seed loops compare in the HPARAMS tab.
+            runs = [(int(os.environ.get("PL_GLOBAL_SEED", -1)), trainer.callback_metrics,
+                     guard is not None and guard.diverged is not None)]
+        else:  # each member's session is its single run's: no member seeds, its own seed
+            params = {k: v for k, v in params.items() if k not in ("seeds", "data/member_seeds")}
+            runs = [(s, pl_module.member_metrics[m], s in pl_module.frozen) for m, s in enumerate(seeds)]
+        for m, (writer, (seed, metrics, diverged)) in enumerate(zip(writers, runs)):
+            values = self.hp_values(metrics)
+            collapse = monitor.collapses[m] if monitor is not None and m < len(monitor.collapses) else None
+            values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
+            values["hp/diverged"] = float(diverged)
+            write_hparams(writer, {**params, "seed": seed}, values, trainer.global_step)
 
 
 def write_hparams(writer, params: dict, values: dict[str, float], step: int) -> None:

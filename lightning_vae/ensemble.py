@@ -10,8 +10,11 @@ stacked weights is M independent Adams). The members' losses are summed, so each
 gradient is its own. Numbers differ from single runs only by float rounding of batched
 matrix products (``tests/test_ensemble.py`` bounds it).
 
-Each member logs to its own TensorBoard run, ``<run dir>/seed_<s>/``; the run directory
-gets ``ensemble_summary.json`` at the end.
+Each member logs to its own TensorBoard run, ``<run dir>/seed_<s>/``, through the single
+run's callbacks, which take the module's member axis (``callbacks.members``): the decoder
+variance monitor, sample quality and figures, the divergence guard (per member: a diverged
+member is frozen, the others train on) and the HPARAMS session. The run directory gets
+``ensemble_summary.json`` at the end (``EnsembleSummary``).
 """
 
 from __future__ import annotations
@@ -24,21 +27,14 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_vae.callbacks import (
-    HParamsSummary,
-    SampleFigure,
-    SampleQuality,
-    decoder_scalars,
-    plain_params,
-    write_hparams,
-)
+from lightning_vae.callbacks import DecoderVarianceMonitor, _find
 from lightning_vae.callbacks import _warn as _info
-from lightning_vae.cli import DEFAULT_STEPS_PER_BATCH, LOGGER_DEFAULT, VAECLI, add_eval_cadence, run_cli
+from lightning_vae.cli import VAECLI, run_cli
+from lightning_vae.errors import bad_input
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.densities import normal_log_prob
@@ -115,10 +111,18 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         self._noise: list[torch.Generator] | None = None
         self._noise_states: list[Tensor] | None = None  # from a checkpoint, applied lazily
         self.last_terms: Terms | None = None  # as VAE's, per member
-        # Members whose gradient went non-finite: seed -> the step. A frozen member keeps
-        # its last finite weights; the others train on.
+        # Members frozen by the divergence guard (``freeze``): seed -> the step. A frozen
+        # member keeps its last finite weights; the others train on.
         self.frozen: dict[int, int] = {}
         self._frozen_weights: dict[int, list[Tensor]] = {}
+        # Each member's latest logged value per tag (what trainer.callback_metrics is to a
+        # single run), for HPARAMS and the summary.
+        self.member_metrics: list[dict[str, float]] = [{} for _ in seeds]
+
+    @property
+    def members(self) -> list[int]:
+        """The member axis the callbacks read (``callbacks.members``): the seeds."""
+        return self.seeds
 
     # --- vmapped maths ----------------------------------------------------------------
 
@@ -157,6 +161,14 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         ``(M, K, D)`` each."""
         states = self._template[0].net.latent.states(self.stacked[0])  # shared, drawn outside vmap
         return self._vmapped("net.decoder", states)
+
+    def prior_logits(self) -> Tensor | None:
+        """Every member's learned prior logits, ``(M, K)``, or None (a fixed prior)."""
+        return self._params().get("net.prior_logits")
+
+    def likelihood_scale(self, scale: Tensor) -> Tensor:
+        """The std of the likelihood the objective trains, given the decoder std."""
+        return self.objective.likelihood_scale(scale)
 
     def log_px(self, x: Tensor) -> Tensor:
         """log p(x) of every member on shared data ``x`` ``(B, D)``, ``(M, B)``: exact for an
@@ -202,26 +214,26 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
     # --- a diverged member is frozen, the others train on -------------------------------
 
     @torch.no_grad()
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Freeze every member whose gradient is non-finite (at the weights it had before
-        this step, the last finite ones) and keep frozen members out of the step."""
-        m = len(self.seeds)
-        grads = [p.grad for p in self.stacked if p.grad is not None]
-        finite = torch.stack([g.reshape(m, -1).isfinite().all(1) for g in grads]).all(0)  # (M,)
-        if bool(finite.all()) and not self.frozen:
-            return
-        step = self.global_step
-        for i in (~finite).nonzero().flatten().tolist():
-            seed = self.seeds[i]
-            if seed not in self.frozen:
-                self.frozen[seed] = step
-                _info(f"ensemble member seed {seed} diverged at step {step} (non-finite gradient): "
-                      f"frozen at its last finite weights; the other members train on")
+    def freeze(self, m: int, step: int) -> None:
+        """Take member ``m`` out of training from optimizer step ``step`` on, at its current
+        weights (called by the divergence guard before the step, on its last finite ones)."""
+        self.frozen.setdefault(self.seeds[m], step)
+        self._mask_frozen()
+
+    @torch.no_grad()
+    def _mask_frozen(self) -> None:
+        """Frozen members' gradients to 0 and their weights kept (restored after the step:
+        Adam's momentum would still move them)."""
         for i, seed in enumerate(self.seeds):
             if seed in self.frozen:
                 self._frozen_weights.setdefault(i, [p[i].clone() for p in self.stacked])
-                for g in grads:
-                    g[i] = 0  # no update from this member (Adam's momentum is undone below)
+                for p in self.stacked:
+                    if p.grad is not None:
+                        p.grad[i] = 0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.frozen:
+            self._mask_frozen()
 
     @torch.no_grad()
     def on_after_optimizer_step(self, step: int) -> None:
@@ -238,8 +250,9 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         return terms
 
     def log_train(self, terms, step: int) -> None:
+        lr = torch.tensor(float(self.optimizers().param_groups[0]["lr"])).expand(len(self.seeds))
         self.member_log({"train/loss": terms.loss.detach(),
-                          **{f"train/{k}": v for k, v in terms.values.items()}}, step)
+                         **{f"train/{k}": v for k, v in terms.values.items()}, "train/lr": lr}, step)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         if x.dim() != 4 or x.shape[1] != len(self.seeds):  # (K, M, B, D)
@@ -256,6 +269,8 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         values = {"val/loss": terms.loss, **{f"val/{k}": v for k, v in terms.values.items()}}
         if "val/log_px" not in values and not self._template[0].net.deterministic:
             values["val/log_px"] = self.log_px(x).mean(1)
+        if "val/log_px" in values:  # as a single run's (model._eval_step)
+            values["val/bits_per_dim"] = -values["val/log_px"] / (x.shape[-1] * math.log(2))
         self._val.append({k: v.detach() for k, v in values.items()})
 
     def on_validation_epoch_start(self) -> None:
@@ -273,16 +288,25 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
 
     def member_log(self, values: dict[str, Tensor], step: int | None = None) -> None:
         """Write ``(M,)`` values, one per member's TensorBoard run, at x = ``step``
-        (default: the global step); a member's NaN in a ``_SPARSE`` tag is not written (it
+        (default: global step - 1, the x of a single run's validation values); a member's NaN in a ``_SPARSE`` tag is not written (it
         has no such event, as its single run would not)."""
-        writers = _member_writers(self.trainer, self.seeds)
+        host = {k: v.float().cpu().tolist() for k, v in values.items()}
+        for m, metrics in enumerate(self.member_metrics):
+            metrics.update({k: v[m] for k, v in host.items() if not (k in _SPARSE and math.isnan(v[m]))})
+        writers = self.member_writers()
         if writers is None:
             return
-        step = self.global_step if step is None else step
-        host = {k: v.float().cpu().tolist() for k, v in values.items()}
+        step = self.global_step - 1 if step is None else step
         for m, w in enumerate(writers):
             write_scalars(w, {k: v[m] for k, v in host.items()
                               if not (k in _SPARSE and math.isnan(v[m]))}, step)
+
+    def member_writers(self) -> list | None:
+        """One TensorBoard writer per member, ``<run dir>/seed_<s>/`` (rank zero only)."""
+        return _member_writers(self.trainer, self.seeds)
+
+    def on_fit_end(self) -> None:
+        close_writers()  # after the callbacks' on_fit_end (Lightning calls the module's last)
 
     def configure_optimizers(self):
         return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
@@ -326,121 +350,39 @@ def close_writers() -> None:
     _WRITERS.clear()
 
 
-class EnsembleMonitor(pl.Callback):
-    """Per-member decoder stds and locs, variance collapse, and sample quality.
-
-    Logs into each member's TensorBoard run (``<run dir>/seed_<s>/``) and writes
-    ``ensemble_summary.json`` (one row per member) at the end of ``fit``.
-
-    Args:
-        collapse_ratio: as for ``DecoderVarianceMonitor``.
-        quality_every_n_epochs: sample quality of every member after every n-th validation
-            epoch (and at the end); it is the costly part of an ensemble's epoch.
-        n_samples: model samples and validation points per quality evaluation.
-        figures: each member's final ``samples/scatter`` figure (~0.1 s each).
-    """
-
-    def __init__(self, collapse_ratio: float = 1e-2, quality_every_n_epochs: int = 10,
-                 n_samples: int = 2000, figures: bool = True) -> None:
-        if not collapse_ratio > 0:
-            raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
-        if quality_every_n_epochs < 1:
-            raise ValueError(f"quality_every_n_epochs must be >= 1, got {quality_every_n_epochs}")
-        self.collapse_ratio, self.quality_every_n_epochs = collapse_ratio, quality_every_n_epochs
-        self.quality = SampleQuality(n_samples=n_samples)
-        self.figures = figures
-        self._figure = SampleFigure(n_points=min(1000, n_samples))
-        self.collapse_step: list[int | None] | None = None
-
-    @torch.no_grad()
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # Before every optimizer step (also inside a K-step batch), on the weights after
-        # global_step steps, as the single-run monitor: the collapse check reads the step's
-        # own likelihood scale (a vmapped decoder pass every step cost ~1 ms); the scalars
-        # are logged every log_every_n_steps steps from step 0.
-        step, every = trainer.global_step, trainer.log_every_n_steps
-        if self.collapse_step is None:
-            self.collapse_step = [None] * len(pl_module.seeds)
-        lik_scale = pl_module.last_terms.scale if pl_module.last_terms is not None else None  # (M, K, D)
-        if lik_scale is not None and None in self.collapse_step:
-            ratios = (lik_scale.amin(dim=(1, 2)) / trainer.datamodule.data_scale).tolist()
-            for m, r in enumerate(ratios):
-                if self.collapse_step[m] is None and not r >= self.collapse_ratio:
-                    self.collapse_step[m] = step
-        if every > 0 and step % every == 0:
-            self._log(trainer, pl_module, step)
-
-    @torch.no_grad()
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._log(trainer, pl_module, trainer.global_step)  # the final weights
-
-    def _log(self, trainer, pl_module, step: int) -> None:
-        loc, scale = pl_module.decoder_params()  # (M, K, D)
-        ratio = pl_module.objective.likelihood_scale(scale).amin(dim=(1, 2)) / trainer.datamodule.data_scale
-        values = {"decoder/min_likelihood_std_ratio": ratio, **decoder_scalars(loc, scale)}
-        values["decoder/collapse_step"] = torch.tensor(
-            [math.nan if c is None else c for c in self.collapse_step or [None] * len(pl_module.seeds)])
-        pl_module.member_log(values, step)
-
-    def _quality(self, trainer, pl_module) -> list[dict[str, float]]:
-        rows = [self.quality.compute(pl_module.member(m), trainer.datamodule)
-                for m in range(len(pl_module.seeds))]
-        pl_module.member_log({k: torch.tensor([r[k] for r in rows]) for k in rows[0]})
-        return rows
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.quality_every_n_epochs:
-            return
-        self._quality(trainer, pl_module)
+class EnsembleSummary(pl.Callback):
+    """At the end of ``fit``: ``ensemble_summary.json`` in the run directory, one row per
+    member (seed, decoder locs and stds, collapse and divergence steps, its final
+    ``quality/*`` values), each member's ``config.yaml`` (the single run it equals), and
+    for data with two modes a one-line count of members that recovered both."""
 
     @torch.no_grad()
     def on_fit_end(self, trainer, pl_module) -> None:
         from lightning_vae.report import decoder_summary, recovered_both_modes
 
-        rows = self._quality(trainer, pl_module)
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        monitor = _find(trainer, DecoderVarianceMonitor)
+        collapses = monitor.collapses if monitor is not None else [None] * len(pl_module.seeds)
         loc, scale = pl_module.decoder_params()
         centres = getattr(trainer.datamodule.manifold, "centres", None)
         summary = []
         for m, seed in enumerate(pl_module.seeds):
+            collapse = collapses[m] if m < len(collapses) else None
             row = {"seed": seed, **decoder_summary(loc[m], scale[m]),
-                   "collapse_step": (self.collapse_step or [None] * len(pl_module.seeds))[m],
-                   "diverged_step": pl_module.frozen.get(seed), **rows[m]}
+                   "collapse_step": collapse["step"] if collapse else None,
+                   "diverged_step": pl_module.frozen.get(seed),
+                   **{k: v for k, v in pl_module.member_metrics[m].items() if k.startswith("quality/")}}
             if centres is not None:
                 row["both_modes"] = recovered_both_modes(row, centres)
             summary.append(row)
-        self._figures_and_hparams(trainer, pl_module, rows)
-        if trainer.is_global_zero and trainer.log_dir is not None:
-            path = Path(trainer.log_dir) / "ensemble_summary.json"
-            path.write_text(json.dumps(summary, indent=1))
-            _write_member_configs(Path(trainer.log_dir), pl_module.seeds)
-            if centres is not None:
-                n_ok = sum(r["both_modes"] for r in summary)
-                _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "
-                      f"members; per-member summary in {path}")
-        close_writers()
-
-
-    @torch.no_grad()
-    def _figures_and_hparams(self, trainer, pl_module, rows: list[dict[str, float]]) -> None:
-        """Per member, as its single run writes them: the final ``samples/scatter`` figure
-        and the HPARAMS session (its settings with its own seed; its final metrics)."""
-        writers = _member_writers(trainer, pl_module.seeds)
-        if writers is None:
-            return
-        params = {k: v for k, v in plain_params(pl_module.hparams).items() if k != "seeds"}
-        params.update({k: v for k, v in plain_params(trainer.datamodule.hparams, prefix="data/").items()
-                       if k != "data/member_seeds"})
-        last_val = getattr(pl_module, "last_val", {})
-        step = trainer.global_step
-        for m, (seed, writer) in enumerate(zip(pl_module.seeds, writers)):
-            values = HParamsSummary.hp_values({**{k: v[m] for k, v in last_val.items()}, **rows[m]})
-            collapse = (self.collapse_step or [None] * len(pl_module.seeds))[m]
-            values["hp/collapse_step"] = float(collapse) if collapse is not None else -1.0
-            values["hp/diverged"] = float(seed in pl_module.frozen)
-            if self.figures:
-                fig = self._figure.figure(pl_module.member(m), trainer.datamodule, step=step)
-                writer.add_figure("samples/scatter", fig, step, close=True)
-            write_hparams(writer, {**params, "seed": seed}, values, step)
+        path = Path(trainer.log_dir) / "ensemble_summary.json"
+        path.write_text(json.dumps(summary, indent=1))
+        _write_member_configs(Path(trainer.log_dir), pl_module.seeds)
+        if centres is not None:
+            n_ok = sum(r["both_modes"] for r in summary)
+            _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "
+                  f"members; per-member summary in {path}")
 
 
 def _write_member_configs(run_dir: Path, seeds: list[int]) -> None:
@@ -462,18 +404,22 @@ def _write_member_configs(run_dir: Path, seeds: list[int]) -> None:
 
 
 class EnsembleCLI(VAECLI):
-    """``VAECLI`` over ``EnsembleVAE``: the same configs, plus ``--model.seeds``."""
+    """``VAECLI`` over ``EnsembleVAE``: the same configs and callbacks, plus
+    ``--model.seeds`` and the ``ensemble_summary`` group."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("model.seeds", "data.member_seeds")
-        parser.link_arguments("data.steps_per_batch", "model.steps_per_batch")
-        parser.add_lightning_class_args(EnsembleMonitor, "ensemble_monitor")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.save_top_k": 1, **LOGGER_DEFAULT,
-                             "model.seeds": list(range(10)),
-                             "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH})
-        add_eval_cadence(parser)
+        parser.add_lightning_class_args(EnsembleSummary, "ensemble_summary")
+        parser.set_defaults({"model.seeds": list(range(10))})
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        cfg = self.config.get(str(self.subcommand), self.config)
+        policy = cfg.get("divergence_guard", {}).get("policy", "stop")
+        if policy != "stop":
+            raise bad_input(ValueError, f"divergence_guard.policy must be 'stop' for an ensemble (a "
+                                        f"diverged member is frozen, the others train on), got {policy!r}")
 
 
 def main(args: list[str] | None = None) -> None:

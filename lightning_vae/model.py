@@ -62,6 +62,8 @@ class VAE(KStepTraining, pl.LightningModule):
             is paid once per K steps; the run is the same at any K (``steps.py``).
     """
 
+    members = None  # no member axis (see ``callbacks.members``; an ensemble has one)
+
     def __init__(
         self,
         data_dim: int = 2,
@@ -124,6 +126,10 @@ class VAE(KStepTraining, pl.LightningModule):
     def likelihood_scale(self, scale: Tensor) -> Tensor:
         """The std of the likelihood the objective trains, given the decoder std."""
         return self.objective.likelihood_scale(scale)
+
+    def prior_logits(self) -> Tensor | None:
+        """The learned prior's logits, ``(K,)``, or None (a fixed prior)."""
+        return getattr(self.net, "prior_logits", None)
 
     # --- Lightning hooks --------------------------------------------------------------
 

@@ -170,7 +170,7 @@ def test_users_objective_trains_in_the_ensemble(user_objective, tmp_path):
     single = fit("seed_spread.yaml", tmp_path, *objective, "--seed_everything=3")
     ensemble_main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"),
                    *[a for a in TINY if a.startswith(("--trainer.", "--data."))], *objective,
-                   "--model.seeds=[3,4]", "--ensemble_monitor.n_samples=500",
+                   "--model.seeds=[3,4]", "--sample_quality.n_samples=500",
                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=ens"])
     (run,) = run_dirs(tmp_path, "ens")
     ens = EnsembleVAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
