@@ -71,17 +71,20 @@ class Cadence:
         return due
 
 
-def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, Tensor]:
-    """``decoder/std_<axis>_z<k>`` and ``decoder/loc_<axis>_z<k>`` from ``(..., K, D)``
-    decoder parameters: one entry per latent state and axis for the first ``max_states``
-    states, keeping any leading dims (an ensemble's members)."""
+def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, float | list[float]]:
+    """``decoder/std_<axis>_z<k>`` and ``decoder/loc_<axis>_z<k>`` from ``(K, D)`` decoder
+    parameters, as floats (one host read), for the first ``max_states`` states; from an
+    ensemble's ``(M, K, D)``, each a list of the M members' values."""
     n_states, dim = loc.shape[-2:]
+    n = min(n_states, max_states)
+    # (..., n, D) -> (n, D, ...): state and axis first, the members (if any) innermost.
+    locs, scales = (t[..., :n, :].detach().movedim((-2, -1), (0, 1)).tolist() for t in (loc, scale))
     values = {}
-    for k in range(min(n_states, max_states)):
+    for k in range(n):
         for d in range(dim):
             a = axis_name(d, dim)
-            values[f"decoder/std_{a}_z{k}"] = scale[..., k, d]
-            values[f"decoder/loc_{a}_z{k}"] = loc[..., k, d]
+            values[f"decoder/std_{a}_z{k}"] = scales[k][d]
+            values[f"decoder/loc_{a}_z{k}"] = locs[k][d]
     return values
 
 
@@ -258,15 +261,20 @@ class DecoderVarianceMonitor(pl.Callback):
             values["decoder/collapse_step"] = self.collapse["step"]
         _write(trainer, pl_module, values, step)
 
-    def _check(self, trainer, pl_module, step: int, lik_scale: Tensor) -> Tensor:
-        """Record each member's first collapse; return min likelihood std / data scale,
-        ``()`` or ``(M,)``."""
+    def _check(self, trainer, pl_module, step: int, lik_scale: Tensor) -> Tensor | float:
+        """Record each member's first collapse; return min likelihood std / data scale, a
+        float (a single run) or ``(M,)``."""
         data_scale = trainer.datamodule.data_scale
-        ratio = lik_scale.flatten(-2).amin(-1) / data_scale
         seeds = members(pl_module)
-        for m, r in enumerate(ratio.reshape(-1).tolist()):
+        if seeds is None:  # the every-step path: one reduction, one host read
+            ratio = float(lik_scale.min()) / data_scale
+            if self.collapses[0] is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
+                self._record(trainer, pl_module, 0, step, lik_scale, data_scale)
+            return ratio
+        ratio = lik_scale.flatten(-2).amin(-1) / data_scale
+        for m, r in enumerate(ratio.tolist()):
             if self.collapses[m] is None and not r >= self.collapse_ratio:  # NaN counts as collapse
-                self._record(trainer, pl_module, m, step, lik_scale if seeds is None else lik_scale[m], data_scale)
+                self._record(trainer, pl_module, m, step, lik_scale[m], data_scale)
         return ratio
 
     def _record(self, trainer, pl_module, m: int, step: int, lik_scale: Tensor, data_scale: float) -> None:

@@ -44,7 +44,7 @@ from pytorch_lightning.profilers import PassThroughProfiler
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from torch import Tensor
 
-from lightning_vae.compat import optimizer_step_counters, set_logging_step
+from lightning_vae.compat import optimizer_step_counters, publish_metric, set_logging_step
 from lightning_vae.scalars import log_scalars
 
 
@@ -263,7 +263,6 @@ class KStepTraining:
         max_steps = trainer.max_steps if trainer.max_steps != -1 else math.inf
         step = self.global_step  # counted here: Lightning's property walks its loop objects
         losses: list[Tensor] = []
-        logged = False
         for i, xb in enumerate(x):
             # Stop where K = 1 would: at max_steps, or when a callback asked to stop (the
             # divergence guard, after skipping a non-finite step).
@@ -294,7 +293,6 @@ class KStepTraining:
             self.on_after_optimizer_step(step)
             if log_now:  # before the schedule moves on: train/lr is the rate this step used
                 self.log_train(terms, step)
-                logged = True
             if scheduler is not None:
                 scheduler.step()
             self._micro = 0
@@ -305,13 +303,13 @@ class KStepTraining:
                     cb.on_train_batch_end(trainer, self, None, xb, batch_idx)
         # Lightning adds one to its logging step after this group: keep it = global_step.
         set_logging_step(trainer, step - 1)
-        if losses and (last_group or logged or trainer.progress_bar_callback is not None):
+        if losses:
             # The loss of the group's last step, for callbacks that monitor it (EarlyStopping,
             # ModelCheckpoint: at the epoch's end it is the epoch's last step, at any K) and
-            # the progress bar; the logger got it at its own steps. Not every group: a
-            # self.log call costs ~0.5 ms, a step at batch 4096 is ~5 ms.
-            self.log("train/loss", losses[-1].mean(), prog_bar=True, logger=False, on_step=True,
-                     on_epoch=False, batch_size=x.shape[-2] if x.dim() > 2 else 1)
+            # the progress bar, where self.log(on_step=True) puts it; the logger got it at
+            # its own steps (log_train).
+            publish_metric(trainer, "train/loss", losses[-1].mean(),
+                           prog_bar=trainer.progress_bar_callback is not None)
         return torch.stack(losses) if losses else x.new_zeros(0)
 
     def on_after_optimizer_step(self, step: int) -> None:
@@ -320,8 +318,11 @@ class KStepTraining:
     def log_train(self, terms, step: int) -> None:
         """Write a step's loss and terms to the loggers at x = ``step`` (rank zero)."""
         values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
-        values["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        log_scalars(self.trainer, {k: float(v) for k, v in values.items()}, step)
+        tensors = [k for k, v in values.items() if isinstance(v, Tensor)]
+        host = dict(zip(tensors, torch.stack([values[k].detach().float().reshape(()) for k in tensors]).tolist()))
+        values = {k: host[k] if k in host else float(v) for k, v in values.items()}  # one host read
+        values["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        log_scalars(self.trainer, values, step)
 
     def _total_steps(self) -> int:
         """Optimizer steps of the whole run (what the cosine schedule spans)."""

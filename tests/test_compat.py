@@ -184,3 +184,26 @@ def test_optimizer_step_counters_count_a_step_in_global_step():
         f"{LIGHTNING}: LightningOptimizer's _on_before_step/_on_after_step no longer count a "
         f"manual optimizer step in global_step; compat.optimizer_step_counters needs updating")
     assert float(model.w) == pytest.approx(1 - 5 * 0.1)
+
+
+class _PublishLoss(_CountSteps):
+    """Publishes a loss that rises after step 2 (as steps.py publishes train/loss)."""
+
+    def training_step(self, batch, batch_idx):
+        super().training_step(batch, batch_idx)
+        loss = torch.tensor(float(abs(batch_idx - 2)))
+        compat.publish_metric(self.trainer, "train/loss", loss, prog_bar=True)
+        self.seen = (self.trainer.callback_metrics["train/loss"], self.trainer.progress_bar_metrics["train/loss"])
+
+
+def test_publish_metric_reaches_callback_metrics_the_progress_bar_and_early_stopping():
+    stop = pl.callbacks.EarlyStopping(monitor="train/loss", patience=0, check_on_train_epoch_end=True)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_epochs=10, callbacks=[stop])
+    model = _PublishLoss()
+    trainer.fit(model)
+    message = (f"{LIGHTNING}: trainer.callback_metrics / progress_bar_metrics no longer keep a value "
+               f"written into them; compat.publish_metric needs updating")
+    assert float(model.seen[0]) == 2.0 and model.seen[1] == 2.0, message  # the epoch's last batch
+    # EarlyStopping read it at each epoch's end: 2.0 twice in a row (patience 0) stops.
+    assert trainer.current_epoch == 2 and float(trainer.callback_metrics["train/loss"]) == 2.0, message

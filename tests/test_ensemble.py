@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -111,7 +112,20 @@ def test_a_diverged_member_is_frozen_and_the_others_finish(tmp_path):
     assert all(math.isfinite(rows[s]["quality/mmd"]) for s in (0, 5))
 
 
-def test_when_every_member_diverged_the_run_stops_with_the_diagnosis(tmp_path, capsys):
+@pytest.fixture
+def lvae_messages():
+    """The messages the package logs (its logger writes to the stderr it was set up with,
+    which capsys does not see once an earlier test has set it up)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("lightning_vae")
+    log.addHandler(handler)
+    yield records
+    log.removeHandler(handler)
+
+
+def test_when_every_member_diverged_the_run_stops_with_the_diagnosis(tmp_path, lvae_messages):
     seeds = [0, 3]
     poison = {"class_path": f"{__name__}.PoisonMember", "init_args": {"member": None, "at": 7}}
     ensemble_main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *ENSEMBLE_TINY,
@@ -119,7 +133,7 @@ def test_when_every_member_diverged_the_run_stops_with_the_diagnosis(tmp_path, c
                    f"--model.seeds=[{','.join(map(str, seeds))}]", "--trainer.callbacks+=" + json.dumps(poison),
                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=ens"])
     (run,) = run_dirs(tmp_path, "ens")
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in lvae_messages)
     assert "every member of the ensemble diverged (non-finite gradient; seed 0 at step 7, seed 3 at step 7)" in err
     ckpt = torch.load(run / "checkpoints" / "last-finite.ckpt", weights_only=False)
     assert ckpt["global_step"] == 8  # the step at 7 was a no-op; the run stopped there

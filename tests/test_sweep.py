@@ -22,33 +22,32 @@ def _sweep(root, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_grid_runs_are_recorded_and_a_rerun_skips_finished_ones(tmp_path):
-    grid = ["--grid", "model.objective.init_args.noise_std=0.1,0.3,-1", "--seeds", "0", "--name", "s"]
+    grid = ["--grid", "model.objective.init_args.noise_std=0.3,-1", "--seeds", "0", "--name", "s"]
     first = _sweep(tmp_path, *grid)
     assert first.returncode == 0, first.stderr[-2000:]
     manifest = json.loads((tmp_path / "sweeps" / "s" / "sweep.json").read_text())
     status = {k: r["status"] for k, r in manifest["runs"].items()}
-    assert status == {"noise_std=0.1/seed_0": "finished", "noise_std=0.3/seed_0": "finished",
-                      "noise_std=-1/seed_0": "failed"}
+    assert status == {"noise_std=0.3/seed_0": "finished", "noise_std=-1/seed_0": "failed"}
     bad = manifest["runs"]["noise_std=-1/seed_0"]
     assert bad["rc"] == 2 and "noise_std must be >= 0, got -1" in bad["error"]
-    for point in ("noise_std=0.1", "noise_std=0.3"):  # normal run directories
+    for point in ("noise_std=0.3",):  # a normal run directory
         run = tmp_path / "sweeps" / "s" / point / "seed_0"
         assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
         assert f"noise_std: {point.split('=')[1]}" in (run / "config.yaml").read_text()
     assert "noise_std=0.3/seed_0: finished in" in first.stdout  # a summary line per run
-    assert "| noise_std=0.1 | 1/1 |" in first.stdout and "2 finished, 0 diverged, 1 failed" in first.stdout
+    assert "| noise_std=0.3 | 1/1 |" in first.stdout and "1 finished, 0 diverged, 1 failed" in first.stdout
 
     # A run cut off mid-way (a directory without a status) is redone, its files moved aside.
     cut = tmp_path / "sweeps" / "s" / "noise_std=0.3" / "seed_1"
     cut.mkdir(parents=True)
     (cut / "events.out.tfevents.partial").write_text("x")
-    again = _sweep(tmp_path, *grid[:-4], "--seeds", "0-1", "--name", "s")
+    again = _sweep(tmp_path, *grid[:2], "--seeds", "0-1", "--name", "s")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "6 runs (3 grid points x 2 seeds), 2 already finished, 4 to run" in again.stdout
+    assert "4 runs (2 grid points x 2 seeds), 1 already finished, 3 to run" in again.stdout
     aside = list(cut.parent.glob("seed_1.incomplete-*"))
     assert len(aside) == 1 and (aside[0] / "events.out.tfevents.partial").read_text() == "x"
     runs = json.loads((tmp_path / "sweeps" / "s" / "sweep.json").read_text())["runs"]
-    assert runs["noise_std=0.3/seed_1"]["status"] == "finished" and len(runs) == 6
+    assert runs["noise_std=0.3/seed_1"]["status"] == "finished" and len(runs) == 4
 
 
 def test_dry_run_prints_one_fit_command_per_run(tmp_path):
