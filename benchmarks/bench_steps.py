@@ -44,7 +44,10 @@ bare / hand and default / hand of those best rates, computed before any rounding
 unrounded.
 
 ``--threads N`` sets torch's thread count for all of it (subprocesses included); on a busy
-shared machine 1 thread is the steadier measurement.
+shared machine 1 thread is the steadier measurement. ``--clock cpu`` times the step rates by
+this process's CPU time (``time.process_time``) instead of wall time: other tenants' load
+stretches wall time, by up to 1.8x between runs of one column on the 2-core machine this
+was written on, but not the CPU time the work itself takes.
 
 Unless ``--skip_wall`` is given, it then times CLI start-up against
 ``import pytorch_lightning``, and the wall time of each seed config and of its 10-seed
@@ -81,6 +84,7 @@ OBJECTIVES = {"elbo": ("seed_elbo.yaml", lambda: ELBO(kl_warmup_steps=500)),
               "spread": ("seed_spread.yaml", lambda: SpreadELBO(0.3, kl_warmup_steps=500))}
 COLUMNS = ("hand", "bare", "default")
 _DEFAULT_THREADS = torch.get_num_threads()
+_clock = time.perf_counter  # --clock cpu: time.process_time
 
 
 def _sync(device: str) -> None:
@@ -112,7 +116,7 @@ def hand_loop(objective, batch_size: int, steps: int, warmup: int, device: str =
         for b in range(n_batches):
             if step == warmup:
                 _sync(device)
-                start = time.perf_counter()
+                start = _clock()
             xb = x[order[b * batch_size:(b + 1) * batch_size]]
             loss = objective(xb, net, step=step, values=False).loss  # nothing is logged
             opt.zero_grad(set_to_none=True)
@@ -123,7 +127,7 @@ def hand_loop(objective, batch_size: int, steps: int, warmup: int, device: str =
             if step == steps:
                 break
     _sync(device)
-    return (steps - warmup) / (time.perf_counter() - start)
+    return (steps - warmup) / (_clock() - start)
 
 
 class _StepTimer(pl.Callback):
@@ -139,11 +143,11 @@ class _StepTimer(pl.Callback):
     def on_train_batch_start(self, trainer, *args) -> None:
         if self.start is None and trainer.global_step >= self.warmup:
             _sync(trainer.strategy.root_device.type)
-            self.start, self.start_step = time.perf_counter(), trainer.global_step
+            self.start, self.start_step = _clock(), trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         _sync(trainer.strategy.root_device.type)
-        self.end = time.perf_counter()
+        self.end = _clock()
 
 
 def framework(config: str, batch_size: int, steps: int, warmup: int, validate: bool,
@@ -171,7 +175,7 @@ def framework(config: str, batch_size: int, steps: int, warmup: int, validate: b
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         if validate:
             _sync(device)
-            end = time.perf_counter()
+            end = _clock()
         else:
             end = timer.end
         done = cli.trainer.global_step
@@ -250,6 +254,10 @@ def main() -> None:
                     help="torch.set_num_threads for all three (default: torch's own; 1 is steadier on a "
                          "busy shared machine, where threads spin-waiting for each other can slow a run "
                          "several-fold)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="what the step rates count: wall time (default), or this process's CPU time "
+                         "(time.process_time: steadier on a shared machine, where other tenants' load "
+                         "stretches wall time; the CLI start-up and seed-config timings stay wall)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH",
                     help="write every measured rate and ratio, unrounded, to PATH")
     args = ap.parse_args()
@@ -259,17 +267,20 @@ def main() -> None:
         if args.threads < 1:
             ap.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning_fabric").setLevel(logging.ERROR)
     logging.getLogger("lightning_vae").setLevel(logging.ERROR)
     threads = torch.get_num_threads()
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {threads} threads"
-    print(f"torch {torch.__version__}, {where}; best of {args.repeats}, warm-up {args.warmup} steps")
+    print(f"torch {torch.__version__}, {where}; best of {args.repeats}, warm-up {args.warmup} steps; "
+          f"{args.clock} clock")
     print(HEADER, flush=True)
     report = {"torch": torch.__version__, "device": where, "threads": threads,
               "steps_requested": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-              "n_train": args.n_train, "rows": []}
+              "n_train": args.n_train, "clock": args.clock, "rows": []}
     ks = set()
     for name, (config, make) in OBJECTIVES.items():
         for bs in args.batch_sizes:

@@ -269,7 +269,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         values = {"val/loss": terms.loss, **{f"val/{k}": v for k, v in terms.values.items()}}
         if "val/log_px" not in values and not self._template[0].net.deterministic:
             values["val/log_px"] = self.log_px(x).mean(1)
-        if "val/log_px" in values:  # as a single run's (model._eval_step)
+        if "val/log_px" in values:  # as a single run logs it (VAE: eval step)
             values["val/bits_per_dim"] = -values["val/log_px"] / (x.shape[-1] * math.log(2))
         self._val.append({k: v.detach() for k, v in values.items()})
 
@@ -281,15 +281,15 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
             return
         keys = self._val[0]
         mean = {k: torch.stack([v[k] for v in self._val]).mean(0) for k in keys}
-        self.last_val = {k: v.detach().cpu() for k, v in mean.items()}  # (M,) each, for HPARAMS
         self.member_log(mean)
         # The ensemble's own scalars: the spread of the members.
         self.log_dict({f"{k}_mean": v.mean() for k, v in mean.items()}, sync_dist=True)
 
     def member_log(self, values: dict[str, Tensor], step: int | None = None) -> None:
         """Write ``(M,)`` values, one per member's TensorBoard run, at x = ``step``
-        (default: global step - 1, the x of a single run's validation values); a member's NaN in a ``_SPARSE`` tag is not written (it
-        has no such event, as its single run would not)."""
+        (default: global step - 1, the x of a single run's validation values); a member's
+        NaN in a ``_SPARSE`` tag is not written (it has no such event, as its single run
+        would not)."""
         host = {k: v.float().cpu().tolist() for k, v in values.items()}
         for m, metrics in enumerate(self.member_metrics):
             metrics.update({k: v[m] for k, v in host.items() if not (k in _SPARSE and math.isnan(v[m]))})
