@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lightning_vae import preflight
+from lightning_vae import config_files, preflight
 from lightning_vae.callbacks import (
     DecoderVarianceMonitor,
     DivergenceGuard,
@@ -24,6 +24,7 @@ from lightning_vae.callbacks import (
     PredictionWriter,
     SampleFigure,
     SampleQuality,
+    run_dir,
 )
 from lightning_vae.data import ManifoldDataModule
 from lightning_vae.errors import USER_ERRORS, BuiltClass, bad_input, keyed_error, one_line, translate
@@ -42,6 +43,10 @@ LOGGER_DEFAULT = {
 
 TRAINER_DEFAULTS = {
     "max_epochs": 60,
+    # One device unless asked for more: Lightning's "auto" makes a plain fit on a multi-GPU
+    # node an N-process DDP run with N times the global batch, a different run
+    # (configs/trainer/ddp_*.yaml and --trainer.devices=N ask for more).
+    "devices": 1,
     "log_every_n_steps": 10,
     "default_root_dir": LOG_ROOT,
     # The datamodule's sampler shards batches across ranks itself (and resumes exactly).
@@ -212,6 +217,14 @@ class VAECLI(LightningCLI):
                 raise bad_input(ValueError, f"trainer.{err}") from err
         return super().instantiate_trainer(**{**overrides, **kwargs})
 
+    def after_fit(self) -> None:
+        """Say where the run went and how to look at it."""
+        trainer = self.trainer
+        log_dir = run_dir(trainer)  # not trainer.log_dir: a collective, and DDP is over here
+        if trainer.is_global_zero and log_dir is not None:
+            logging.getLogger("lightning_vae").info(
+                f"run directory: {log_dir}\n  inspect: {tensorboard_command(log_dir)}")
+
     def instantiate_classes(self) -> None:
         """Lightning's, with an error raised by a class's ``__init__`` naming its config key
         (``data.batch_size must be >= 1, got 0``), and the output directories checked."""
@@ -280,7 +293,40 @@ class VAECLI(LightningCLI):
             checkpoint_dirpath=getattr(callback, "dirpath", None) if self.subcommand == "fit" else None)
 
 
+def tensorboard_command(logdir: str | Path) -> str:
+    """The command that opens TensorBoard on ``logdir``: the ``tensorboard`` script next to
+    this Python (a virtualenv's, which works without activating it), else ``tensorboard``."""
+    script = Path(sys.executable).parent / "tensorboard"
+    exe = str(script) if script.is_file() else "tensorboard"
+    try:  # relative to here when it is below it: shorter, and the path still works
+        exe = str(Path(exe).relative_to(Path.cwd())) if script.is_file() else exe
+        exe = exe if exe == "tensorboard" or "/" in exe else f"./{exe}"
+    except ValueError:
+        pass
+    return f"{exe} --logdir {logdir}"
+
+
+# Third-party messages printed on every command that say nothing about the run: a
+# deprecation inside Lightning's own pytree helper (torch 2.13), and Lightning's
+# advertisement for its cloud logger.
+_NOISE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+_NOISE_LOGS = ("litlogger",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(word in record.getMessage() for word in _NOISE_LOGS)
+
+
 def _setup_logging() -> None:
+    import warnings
+
+    for pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        lightning_log = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in lightning_log.filters):
+            lightning_log.addFilter(_DropNoise())
     log = logging.getLogger("lightning_vae")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -336,6 +382,11 @@ def run_cli(cli_class, model_class, args: list[str] | None = None):
     module = cli_class.__module__
     PROG = f"python -m {'lightning_vae' if module == __name__ else module}"
     _setup_logging()
+    # --config by name (seed_spread) or by its repository path from any directory.
+    if args is None:
+        sys.argv[1:] = config_files.resolve_argv(sys.argv[1:])
+    else:
+        args = config_files.resolve_argv(list(args))
     try:
         return build_cli(args, cli_class=cli_class, model_class=model_class)
     except USER_ERRORS as err:

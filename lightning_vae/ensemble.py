@@ -31,7 +31,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from lightning_vae.callbacks import DecoderVarianceMonitor, _find
+from lightning_vae.callbacks import DecoderVarianceMonitor, _find, run_dir
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import VAECLI, run_cli
 from lightning_vae.errors import bad_input
@@ -333,13 +333,13 @@ _SPARSE = ("decoder/collapse_step",)
 
 def _member_writers(trainer: pl.Trainer, seeds: list[int]):
     """One TensorBoard writer per member under the run directory (rank zero only)."""
-    if not trainer.is_global_zero or trainer.log_dir is None:
+    if not trainer.is_global_zero or run_dir(trainer) is None:
         return None
-    key = (trainer.log_dir, tuple(seeds))
+    key = (run_dir(trainer), tuple(seeds))
     if key not in _WRITERS:
         from torch.utils.tensorboard import SummaryWriter
 
-        _WRITERS[key] = [SummaryWriter(str(Path(trainer.log_dir) / f"seed_{s}")) for s in seeds]
+        _WRITERS[key] = [SummaryWriter(str(Path(key[0]) / f"seed_{s}")) for s in seeds]
     return _WRITERS[key]
 
 
@@ -360,7 +360,7 @@ class EnsembleSummary(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         from lightning_vae.report import decoder_summary, recovered_both_modes
 
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        if not trainer.is_global_zero or run_dir(trainer) is None:
             return
         monitor = _find(trainer, DecoderVarianceMonitor)
         collapses = monitor.collapses if monitor is not None else [None] * len(pl_module.seeds)
@@ -376,9 +376,9 @@ class EnsembleSummary(pl.Callback):
             if centres is not None:
                 row["both_modes"] = recovered_both_modes(row, centres)
             summary.append(row)
-        path = Path(trainer.log_dir) / "ensemble_summary.json"
+        path = Path(run_dir(trainer)) / "ensemble_summary.json"
         path.write_text(json.dumps(summary, indent=1))
-        _write_member_configs(Path(trainer.log_dir), pl_module.seeds)
+        _write_member_configs(path.parent, pl_module.seeds)
         if centres is not None:
             n_ok = sum(r["both_modes"] for r in summary)
             _info(f"ensemble of {len(summary)}: both modes recovered in {n_ok}/{len(summary)} "

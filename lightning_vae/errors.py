@@ -102,6 +102,30 @@ def _unimportable(cause: str) -> bool:
     return "has no attribute" in cause or "No module named" in cause
 
 
+def _import_problem(class_path: str) -> str:
+    """Why ``class_path`` does not import, in words: its module is not found, its module's
+    own import failed (naming that error), or the module has no such name."""
+    import importlib
+    import importlib.util
+
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        return f"{class_path} is not a dotted path (module.Class)"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that does not import
+        found = False
+    if not found:
+        return f"no module named {module!r} (is it installed, or on PYTHONPATH?)"
+    try:
+        mod = importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - the user's module raised: that is the news
+        return f"importing module {module!r} failed: {type(err).__name__}: {shorten(err, 120)}"
+    if not hasattr(mod, name):
+        return f"module {module!r} has no {name!r}"
+    return f"{class_path} did not import"
+
+
 def one_line(message: str) -> str:
     """The useful line of a parser error, as ``<key>: <problem>; expected <what>``.
 
@@ -126,7 +150,7 @@ def one_line(message: str) -> str:
         if _unimportable(cause):
             base = re.search(r"Subtypes: \[(?:[\w.]+\[)?(?:<class ')?([\w.]+)", text)
             expected = f"; expected a subclass of {base.group(1)}" if base else ""
-            return f"{key}: unknown class {cls}{expected}"
+            return f"{key}: unknown class {cls}: {_import_problem(cls)}{expected}"
         return _nested(key, cause) or f"{key}: {cls}: {one_line(cause)}"
     call = re.search(r"expects a function or a callable class: (.+?)(?:\. Got value: .*)?$", text, re.M)
     if call:
@@ -134,7 +158,8 @@ def one_line(message: str) -> str:
         if _unimportable(cause):
             target = re.search(r"Subtypes: \[typing\.Callable\[\[[^\]]*\], ([\w.]+)\]", text)
             what = f" returning a {target.group(1)}" if target else ""
-            return f"{key}: unknown class {given}; expected an importable class_path of a callable{what}"
+            why = f": {_import_problem(given)}" if isinstance(given, str) else ""
+            return f"{key}: unknown class {given}{why}; expected an importable class_path of a callable{what}"
         return _nested(key, cause) or f"{key}: {cause}"
     bullets = [ln[2:].strip() for ln in lines if ln.startswith("- ")]
     causes = [b for b in bullets if not b.startswith(("Expected a", "Does not validate"))]
@@ -145,8 +170,10 @@ def one_line(message: str) -> str:
         return f"{key}: expected {_expected(text)}{got}"
     missing = re.match(r"(File does not exist|Path is not a file): '?(.*?)'?$", first)
     if missing and key == "config":
+        from lightning_vae.config_files import packaged
+
         return (f"--config: {missing.group(1).lower()}: {missing.group(2)}; "
-                f"expected the path of a YAML config file")
+                f"expected the path of a YAML config file or a packaged config: {', '.join(packaged())}")
     rest = " ".join([first, *lines[1:]]).strip()
     return f"{key}: {rest}" if key else rest
 

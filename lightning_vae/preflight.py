@@ -184,9 +184,18 @@ def check_writable(key: str, path: Path) -> None:
                                     f"writable directory")
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "GROUP_RANK")
+
+
 def is_child_process() -> bool:
-    """A DDP child (local or node rank > 0): rank 0 checks the directories."""
-    return int(os.environ.get("LOCAL_RANK") or 0) > 0 or int(os.environ.get("NODE_RANK") or 0) > 0
+    """A process of a multi-process run other than the global rank 0 (rank 0 checks the
+    directories): by the variables Lightning's launcher, torchrun (RANK, LOCAL_RANK,
+    GROUP_RANK) and SLURM's srun (SLURM_PROCID) set."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return True
+    return False
 
 
 def logger_version_given(trainer: Mapping | None) -> bool:

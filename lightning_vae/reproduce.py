@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from lightning_vae import config_files
 from lightning_vae.report import summarize
 
 RUNS = [("FAILURE: plain ELBO", "configs/seed_elbo.yaml"),
@@ -24,6 +25,7 @@ def _train(config: str, extra: list[str], root: Path) -> tuple[Path, float, str]
     """Run ``fit`` on a config; return the new run directory, wall time and stderr."""
     import yaml
 
+    config = config_files.resolve(config)  # the packaged file, from any directory
     name = yaml.safe_load(Path(config).read_text())["trainer"]["logger"]["init_args"]["name"]
     before = set((root / name).glob("version_*"))
     cmd = [sys.executable, "-m", "lightning_vae", "fit", "--config", config,
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
             if line.startswith("lightning_vae:"):
                 print("   " + line, flush=True)
         print(format_summary(title, config, summarize(run_dir), wall, h), flush=True)
-    print(f"\nInspect: tensorboard --logdir {root}")
+    from lightning_vae.cli import tensorboard_command
+
+    print(f"\nInspect: {tensorboard_command(root)}")
 
 
 if __name__ == "__main__":

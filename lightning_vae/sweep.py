@@ -37,6 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from lightning_vae import config_files
 from lightning_vae.lab import final_values, table
 from lightning_vae.seeds import parse_seeds
 
@@ -139,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dry_run", action="store_true", help="print the fit commands, run nothing")
     args, extra = ap.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
+    args.config = [config_files.resolve(c) for c in args.config]  # packaged configs by name too
     for config in args.config:
         if not Path(config).is_file():
-            raise SystemExit(f"--config must be an existing YAML file, got {config!r}")
+            raise SystemExit(f"--config must be an existing YAML file or a packaged config "
+                             f"({', '.join(config_files.packaged())}), got {config!r}")
     if args.jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     grid, seeds = parse_grid(args.grid), parse_seeds(args.seeds)

@@ -242,7 +242,8 @@ def test_point_cloud_from_a_file_trains_and_skips_geometry(tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["--data.manifold=lightning_vae.data.Cirlce"],
-     "unknown class lightning_vae.data.Cirlce; expected a subclass of lightning_vae.data.manifolds.Manifold"),
+     "unknown class lightning_vae.data.Cirlce: module 'lightning_vae.data' has no 'Cirlce'; expected a "
+     "subclass of lightning_vae.data.manifolds.Manifold"),
     (["--data.manifold=lightning_vae.data.Torus", "--data.manifold.ambient_dim=2"],
      "ambient_dim must be >= 3 (the natural dimension of Torus), got 2"),
     (["--data.manifold=lightning_vae.data.Circle", "--data.manifold.noise_std=-0.1"],
@@ -294,3 +295,36 @@ def test_learned_mixture_weights_train_log_and_reload(tmp_path):
     weights = model.net.log_prior(torch.zeros(())).exp()
     entropy = -(weights * weights.log()).sum()
     assert float(entropy.exp()) == pytest.approx(effective[-1], rel=1e-5)
+
+
+def test_a_csv_logger_run_gets_the_figures_as_png_and_the_hp_finals(tmp_path):
+    """Figures and the final hp/* values do not need TensorBoard."""
+    import csv
+
+    run = fit("seed_spread.yaml", tmp_path, "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+              "--trainer.logger.init_args.name=seed_spread", "--trainer.max_epochs=4")
+    pngs = sorted(p.name for p in (run / "figures").glob("*.png"))
+    assert pngs == ["samples_scatter_step0000080.png"]  # every 4th epoch (TINY) = the last
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    finals = {k: v for r in rows for k, v in r.items() if k.startswith("hp/") and v}
+    assert {"hp/val_loss", "hp/quality_mmd", "hp/collapse_step", "hp/diverged"} <= set(finals)
+    assert float(finals["hp/collapse_step"]) == -1 and float(finals["hp/diverged"]) == 0
+    assert "seed: 0" in (run / "hparams.yaml").read_text()
+    assert not list(run.glob("events.out.tfevents*"))  # no TensorBoard involved
+
+
+def test_an_unimportable_user_module_is_named_with_its_error(tmp_path, monkeypatch, capsys):
+    from lightning_vae.cli import main
+
+    (tmp_path / "usermod.py").write_text("import not_a_real_package\n\nclass Mine:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target, why in [("usermod.Mine", "importing module 'usermod' failed: ModuleNotFoundError: "
+                                         "No module named 'not_a_real_package'"),
+                        ("nosuchmod.Mine", "no module named 'nosuchmod' (is it installed, or on PYTHONPATH?)"),
+                        ("lightning_vae.objectives.Nope", "module 'lightning_vae.objectives' has no 'Nope'")]:
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), f"--model.objective={target}",
+                  f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+        assert len(err) == 1 and f"model.objective: unknown class {target}: {why}" in err[0], err
+    assert not (tmp_path / "logs").exists()

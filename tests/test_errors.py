@@ -17,6 +17,7 @@ import jsonargparse
 import pytest
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
+from lightning_vae.config_files import packaged
 from lightning_vae.errors import bad_input, explain, keyed_error, one_line, shorten, translate
 
 VERSION = f"jsonargparse {jsonargparse.__version__}"
@@ -96,11 +97,13 @@ TOP_LEVEL = [
     (["--seed=abc"], "seed: expected true or false or an integer, got 'abc'"),
     (["--choice=c"], "choice: expected one of 'a', 'b', null, got 'c'"),
     (["--model.hidden=abc"], "model.hidden: expected an integer, got 'abc'"),
-    ([f"--obj={HERE}.Nope"], f"obj: unknown class {HERE}.Nope; expected a subclass of {HERE}.Base"),
+    ([f"--obj={HERE}.Nope"],
+     f"obj: unknown class {HERE}.Nope: module '{HERE}' has no 'Nope'; expected a subclass of {HERE}.Base"),
     (["--obj=no_such_module.Nope"],
-     f"obj: unknown class no_such_module.Nope; expected a subclass of {HERE}.Base"),
-    ([f"--fn={HERE}.Nope"], f"fn: unknown class {HERE}.Nope; expected an importable class_path of a "
-                           f"callable returning a {HERE}.Base"),
+     f"obj: unknown class no_such_module.Nope: no module named 'no_such_module' (is it installed, or on "
+     f"PYTHONPATH?); expected a subclass of {HERE}.Base"),
+    ([f"--fn={HERE}.Nope"], f"fn: unknown class {HERE}.Nope: module '{HERE}' has no 'Nope'; expected an "
+                           f"importable class_path of a callable returning a {HERE}.Base"),
     (["--nn=3"], "nn: unknown key; did you mean n?"),
     (["--model.hiden=3"], "model.hiden: unknown key; did you mean model.hidden?"),
     (["--model.hidden=3", "--mdoel.obj=x"], "mdoel.obj: unknown key; did you mean model.obj?"),
@@ -144,7 +147,8 @@ def test_a_config_file_that_is_missing_or_not_yaml_is_named(tmp_path):
     parser = _parser()
     raw = _error(parser, ["--config", str(tmp_path / "missing.yaml"), "--req=1"])
     _check(translate(raw, parser), f"--config: file does not exist: {tmp_path / 'missing.yaml'}; "
-                                   f"expected the path of a YAML config file", raw)
+                                   f"expected the path of a YAML config file or a packaged config: "
+                                   f"{', '.join(packaged())}", raw)
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n  hidden: 3\n")
     raw = _error(parser, ["--config", str(broken), "--req=1"])

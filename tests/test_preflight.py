@@ -155,11 +155,14 @@ def test_whether_the_config_sets_the_logger_version():
     assert not preflight.logger_version_given(None)
 
 
-def test_ddp_children_are_told_apart(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.delenv("NODE_RANK", raising=False)
+@pytest.mark.parametrize("variable", preflight.RANK_VARIABLES)  # Lightning, torchrun, srun
+def test_ddp_children_are_told_apart(monkeypatch, variable):
+    for name in preflight.RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     assert not preflight.is_child_process()
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(variable, "0")  # rank 0 of a multi-process run checks
+    assert not preflight.is_child_process()
+    monkeypatch.setenv(variable, "1")
     assert preflight.is_child_process()
 
 
