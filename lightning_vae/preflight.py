@@ -119,6 +119,19 @@ def read_checkpoint(ckpt_path: object, prog: str) -> tuple[Shapes, dict | None] 
     return tensor_shapes(ckpt["state_dict"]), hparams or None
 
 
+def trained_steps(ckpt_path: object) -> int | None:
+    """The optimizer steps a ``ckpt_path`` file's run had taken (its ``global_step``), or
+    None where it names no readable file (``read_checkpoint`` reports those)."""
+    if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT or not Path(str(ckpt_path)).is_file():
+        return None
+    import torch
+
+    try:
+        return int(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("global_step"))
+    except Exception:  # noqa: BLE001 - unreadable: read_checkpoint has said so already
+        return None
+
+
 def check_settings_match(ckpt_path: object, before: Mapping, after: Mapping, defaults: Mapping) -> None:
     """The model settings of the config (``before``, flat) against those with the
     checkpoint's read in (``after``): a setting left at its default (``defaults``) takes the

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lightning_vae import config_files
-from lightning_vae.report import summarize
+from lightning_vae.report import recovered_both_modes, summarize
 
 RUNS = [("FAILURE: plain ELBO", "configs/seed_elbo.yaml"),
         ("FIX: spread ELBO", "configs/seed_spread.yaml")]
@@ -42,7 +42,7 @@ def _train(config: str, extra: list[str], root: Path) -> tuple[Path, float, str]
     return new[-1], wall, proc.stderr
 
 
-def format_summary(title: str, config: str, s: dict, wall: float, line_entropy: float) -> str:
+def format_summary(title: str, config: str, s: dict, wall: float, line_entropy: float, centres=None) -> str:
     lines = [f"== {title}  ({config})", f"   run dir            {s['run']}   ({wall:.0f} s)"]
     floor = ""
     if s["objective"].startswith("ELBO"):
@@ -63,7 +63,28 @@ def format_summary(title: str, config: str, s: dict, wall: float, line_entropy: 
     lines.append(f"                      energy {s['quality/energy']:.2e}  sliced W2 {s['quality/sliced_w2']:.2e}  "
                  f"W1 per axis {' / '.join(f'{s[k]:.2e}' for k in sorted(s) if k.startswith('quality/w1_'))}")
     lines.append(f"   held-out log p(x)  {s['val_log_px']:.3f} (exact, clean model)")
+    if centres is not None:
+        lines.append(f"   verdict            {verdict(s, centres)}")
     return "\n".join(lines)
+
+
+def verdict(s: dict, centres, tol: float = 0.25) -> str:
+    """Both modes recovered (a decoder mean within ``tol`` of each centre, the samples split
+    evenly: ``report.recovered_both_modes``) and variance collapsed, in plain words. The
+    mode fractions alone cannot tell: one broad Gaussian over both clusters splits 50/50."""
+    import torch
+
+    locs = torch.tensor([v for v in s["loc"].values()])
+    missed = [c for c in centres if float(torch.linalg.vector_norm(locs - c, dim=1).min()) >= tol]
+    if recovered_both_modes(s, centres, tol=tol):
+        modes = "both modes recovered: yes"
+    elif missed:
+        where = ", ".join(f"({', '.join(f'{v:+.2f}' for v in c.tolist())})" for c in missed)
+        modes = f"both modes recovered: NO (no decoder mean within {tol} of {where})"
+    else:
+        modes = "both modes recovered: NO (the samples do not split evenly between them)"
+    collapsed = "yes" if s["collapse_step"] is not None else "no"
+    return f"{modes}; variance collapsed: {collapsed}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         for line in stderr.splitlines():
             if line.startswith("lightning_vae:"):
                 print("   " + line, flush=True)
-        print(format_summary(title, config, summarize(run_dir), wall, h), flush=True)
+        print(format_summary(title, config, summarize(run_dir), wall, h, TwoClusters().centres), flush=True)
     from lightning_vae.cli import tensorboard_command
 
     print(f"\nInspect: {tensorboard_command(root)}")

@@ -190,6 +190,17 @@ def test_report_summaries_tell_the_story(runs):
     assert f"yes, at step {elbo['collapse_step']}" in text
     assert "variance collapse  no" in format_summary("FIX", "s", spread, 1.0, -0.19)
     centres = TwoClusters().centres
+    # The plain verdict: one broad Gaussian (both means near 0) is not "both modes", though
+    # its samples split 50/50 between the clusters.
+    from lightning_vae.reproduce import verdict
+
+    broad = {**spread, "loc": {"z0": [-0.10, 0.0], "z1": [0.03, 0.0]}, "quality/mode_imbalance": 0.0,
+             "collapse_step": 62}
+    assert verdict(broad, centres) == ("both modes recovered: NO (no decoder mean within 0.25 of "
+                                       "(-1.00, +0.00), (+1.00, +0.00)); variance collapsed: yes")
+    good = {**spread, "loc": {"z0": [-1.0, 0.0], "z1": [1.0, 0.0]}, "quality/mode_imbalance": 0.001}
+    assert verdict(good, centres) == "both modes recovered: yes; variance collapsed: no"
+    assert "verdict            both modes" in format_summary("FIX", "s", good, 1.0, -0.19, centres)
     assert recovered_both_modes({**spread, "loc": {"z0": [-1.0, 0.0], "z1": [1.02, 0.0]},
                                  "quality/mode_imbalance": 0.0}, centres)
     assert not recovered_both_modes({**spread, "loc": {"z0": [0.0, 0.0], "z1": [0.05, 0.0]},
@@ -328,3 +339,27 @@ def test_an_unimportable_user_module_is_named_with_its_error(tmp_path, monkeypat
         err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
         assert len(err) == 1 and f"model.objective: unknown class {target}: {why}" in err[0], err
     assert not (tmp_path / "logs").exists()
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(runs):
+    import logging
+
+    from lightning_vae.cli import main
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("lightning_vae").addHandler(handler)
+    before = sorted(p.name for p in runs["root"].rglob("*"))
+    ckpt = runs["spread"] / "checkpoints" / "last.ckpt"
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *TINY, f"--ckpt_path={ckpt}",
+                  f"--trainer.logger.init_args.save_dir={runs['root']}",
+                  f"--trainer.default_root_dir={runs['root']}"])
+    finally:
+        logging.getLogger("lightning_vae").removeHandler(handler)
+    assert exit_.value.code == 0
+    assert any(f"{ckpt} is of a finished run (160 of 160 optimizer steps): nothing to train" in r.getMessage()
+               for r in records), [r.getMessage() for r in records]
+    assert sorted(p.name for p in runs["root"].rglob("*")) == before
