@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"training {config} ...", flush=True)
         run_dir, wall, stderr = _train(config, extra, root)
         for line in stderr.splitlines():
-            if line.startswith("lightning_vae:"):
+            if line.startswith("lightning_vae:") and not line.startswith("lightning_vae: run directory"):
                 print("   " + line, flush=True)
         print(format_summary(title, config, summarize(run_dir), wall, h, TwoClusters().centres), flush=True)
     from lightning_vae.cli import tensorboard_command
