@@ -520,12 +520,22 @@ class SampleFigure(pl.Callback):
             this long after the last figure (one costs ~0.1-0.3 s).
         n_points: points drawn of each.
         seed: seed of the sampling generator.
+        density: also the model's log-density heatmap (``samples/log_density``,
+            ``density_figure``), for models with a density.
+        grid: the heatmap's lattice points per side (grid^2 evaluations of log p(x)).
+        clip: the heatmap's colour range, in nats below its maximum.
     """
 
     def __init__(self, every_n_epochs: int | None = None, every_n_seconds: float = 60.0,
-                 n_points: int = 1000, seed: int = 0) -> None:
+                 n_points: int = 1000, seed: int = 0, density: bool = True, grid: int = 80,
+                 clip: float = 20.0) -> None:
+        if grid < 2:
+            raise ValueError(f"grid must be >= 2, got {grid}")
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0, got {clip}")
         self.cadence = Cadence(every_n_epochs, every_n_seconds)
         self.n_points, self.seed = n_points, seed
+        self.density, self.grid, self.clip = density, grid, float(clip)
 
     @torch.no_grad()
     def figure(self, pl_module, datamodule, step: int | None = None):
@@ -557,12 +567,63 @@ class SampleFigure(pl.Callback):
         fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.92)
         return fig
 
+    @torch.no_grad()
+    def density_figure(self, model, datamodule, step: int):
+        """The model's log p(x) over the data's plane, the held-out data on top: a heatmap
+        on a ``grid`` x ``grid`` lattice (2-D data: the plane itself; in R^D: the plane of
+        the data's top two principal axes through its mean), clipped ``clip`` nats below its
+        maximum. On manifold data it shows the failure: the ELBO's density is a spike on the
+        line, the spread model's a band of the data's own width. None for a model without
+        a density (the deterministic decoder)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if getattr(model, "deterministic", False) or getattr(getattr(model, "net", None), "deterministic", False):
+            return None
+        data = datamodule.val_x[: self.n_points].double()
+        mean = data.mean(0)
+        if data.shape[1] == 2:
+            axes, labels = torch.eye(2, dtype=data.dtype), ("x", "y")
+        else:  # the top two principal axes (rows)
+            axes = torch.linalg.svd(data - mean, full_matrices=False).Vh[:2]
+            labels = ("principal axis 1", "principal axis 2")
+        uv = (data - mean) @ axes.T  # (N, 2) coordinates in the plane
+        lo, hi = uv.min(0).values, uv.max(0).values
+        half = torch.maximum((hi - lo) / 2, ((hi - lo).max() / 4).expand(2)) * 1.25  # a flat axis gets room
+        centre = (lo + hi) / 2
+        u = torch.linspace(float(centre[0] - half[0]), float(centre[0] + half[0]), self.grid, dtype=data.dtype)
+        v = torch.linspace(float(centre[1] - half[1]), float(centre[1] + half[1]), self.grid, dtype=data.dtype)
+        uu, vv = torch.meshgrid(u, v, indexing="xy")
+        points = mean + torch.stack([uu.reshape(-1), vv.reshape(-1)], 1) @ axes
+        device = next(model.parameters()).device
+        log_p = model.log_px(points.float().to(device)).double().cpu().reshape(self.grid, self.grid)
+        top = float(log_p[log_p.isfinite()].max()) if bool(log_p.isfinite().any()) else 0.0
+        shown = log_p.nan_to_num(nan=top - self.clip, neginf=top - self.clip).clamp(top - self.clip, top)
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        image = ax.imshow(shown.numpy(), origin="lower", aspect="equal", cmap="magma",
+                          extent=(float(u[0]), float(u[-1]), float(v[0]), float(v[-1])))
+        ax.scatter(uv[:, 0], uv[:, 1], s=1, alpha=0.5, color="tab:cyan", label="held-out data")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02).set_label("log p(x)", fontsize=8)
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+        ax.set_title(f"model log-density, step {step} (grid max {top:.3g}; {self.clip:g} nats shown)", fontsize=9)
+        ax.legend(loc="upper right", fontsize=7, markerscale=4)
+        fig.subplots_adjust(left=0.13, right=0.95, bottom=0.13, top=0.92)
+        return fig
+
     def _draw(self, trainer, pl_module) -> None:
         if _run_dirs(trainer, pl_module) is None:
             return
         step = trainer.global_step
-        figures = [self.figure(model, trainer.datamodule, step=step) for model in _models(pl_module)]
+        models = _models(pl_module)
+        figures = [self.figure(model, trainer.datamodule, step=step) for model in models]
         log_figure(trainer, pl_module, "samples/scatter", figures, step)
+        if self.density:
+            densities = [self.density_figure(model, trainer.datamodule, step) for model in models]
+            if all(f is not None for f in densities):
+                log_figure(trainer, pl_module, "samples/log_density", densities, step)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.cadence.start()

@@ -315,7 +315,8 @@ def test_a_csv_logger_run_gets_the_figures_as_png_and_the_hp_finals(tmp_path):
     run = fit("seed_spread.yaml", tmp_path, "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
               "--trainer.logger.init_args.name=seed_spread", "--trainer.max_epochs=4")
     pngs = sorted(p.name for p in (run / "figures").glob("*.png"))
-    assert pngs == ["samples_scatter_step0000080.png"]  # every 4th epoch (TINY) = the last
+    # Every 4th epoch (TINY) = the last: the samples and the model's log-density.
+    assert pngs == ["samples_log_density_step0000080.png", "samples_scatter_step0000080.png"]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     finals = {k: v for r in rows for k, v in r.items() if k.startswith("hp/") and v}
     assert {"hp/val_loss", "hp/quality_mmd", "hp/collapse_step", "hp/diverged"} <= set(finals)
