@@ -318,13 +318,13 @@ def tensorboard_command(logdir: str | Path) -> str:
     """The command that opens TensorBoard on ``logdir``: the ``tensorboard`` script next to
     this Python (a virtualenv's, which works without activating it), else ``tensorboard``."""
     script = Path(sys.executable).parent / "tensorboard"
-    exe = str(script) if script.is_file() else "tensorboard"
-    try:  # relative to here when it is below it: shorter, and the path still works
-        exe = str(Path(exe).relative_to(Path.cwd())) if script.is_file() else exe
-        exe = exe if exe == "tensorboard" or "/" in exe else f"./{exe}"
+    if not script.is_file():
+        return f"tensorboard --logdir {logdir}"
+    try:  # shorter where it is below the current directory (still a path: it has a "/")
+        script = script.relative_to(Path.cwd())
     except ValueError:
         pass
-    return f"{exe} --logdir {logdir}"
+    return f"{script} --logdir {logdir}"
 
 
 # Third-party messages printed on every command that say nothing about the run: a
