@@ -53,6 +53,15 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,
 }
 
+# The classes the model and data build where the config names none, as the defaults the
+# parser shows: --print_config and the saved config.yaml say what ran (not "latent: null").
+EFFECTIVE_DEFAULTS = {
+    "model.objective": {"class_path": "lightning_vae.objectives.ELBO"},
+    "model.latent": {"class_path": "lightning_vae.latents.BernoulliLatent"},
+    "model.decoder": {"class_path": "lightning_vae.nets.GaussianDecoder"},
+    "data.manifold": {"class_path": "lightning_vae.data.TwoClusters"},
+}
+
 DEFAULT_STEPS_PER_BATCH = 32
 EVAL_EVERY_N_STEPS = 512  # validation and checkpoints at least this many steps apart (steps.plan_run)
 
@@ -132,7 +141,8 @@ class VAECLI(LightningCLI):
         # logged scalars, collapse and divergence steps), with Lightning's per-step overhead
         # paid once per 32 (see lightning_vae/steps.py).
         parser.set_defaults({"checkpoint.save_last": "link", "checkpoint.save_top_k": 1,
-                             "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH, **LOGGER_DEFAULT})
+                             "data.steps_per_batch": DEFAULT_STEPS_PER_BATCH, **LOGGER_DEFAULT,
+                             **EFFECTIVE_DEFAULTS})
         add_eval_cadence(parser)
 
     # --- the parsers: the main one and one per subcommand ---------------------------------

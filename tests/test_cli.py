@@ -176,6 +176,10 @@ def test_print_config_shows_resolved_config(capsys):
     out = capsys.readouterr().out
     assert "class_path: lightning_vae.objectives.SpreadELBO" in out
     assert "noise_std: 0.3" in out and "kl_warmup_steps: 500" in out
+    # The effective classes of what the config leaves unset, not "latent: null".
+    for cls in ("latents.BernoulliLatent", "nets.GaussianDecoder", "data.TwoClusters"):
+        assert f"class_path: lightning_vae.{cls}" in out, cls
+    assert "latent: null" not in out and "manifold: null" not in out
 
 
 def test_report_summaries_tell_the_story(runs):
