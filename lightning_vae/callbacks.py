@@ -14,7 +14,7 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, TQDMProgressBar
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
@@ -977,6 +977,38 @@ class DivergenceGuard(pl.Callback):
                 f"the last finite weights: {stds} (training-data std per axis: {data}).{crossed} "
                 f"{why} {self._policy_text()}; {kept}; TensorBoard logs are in "
                 f"{run_dir(trainer)}.")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting optimizer steps: with ``steps_per_batch`` K one
+    Lightning step is a group of K optimizer steps, so Lightning's own bar read "2/2" for a
+    39-step epoch; this one reads 39/39 (``max_steps`` runs: the steps left). The CLI puts it
+    in place of Lightning's default bar, with that bar's settings."""
+
+    _epoch_start = 0
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer
+        per_epoch = getattr(trainer.datamodule, "steps_per_epoch", None)
+        if per_epoch is None:
+            return super().total_train_batches
+        accumulate = getattr(trainer.lightning_module, "accumulate_grad_batches", 1)
+        total = -(-per_epoch(trainer.world_size) // max(1, accumulate))
+        if trainer.max_steps not in (None, -1):
+            total = min(total, trainer.max_steps - self._epoch_start)
+        return total
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        self._epoch_start = trainer.global_step
+        super().on_train_epoch_start(trainer, *args)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self.is_enabled:  # every group: there are few
+            bar.n = trainer.global_step - self._epoch_start
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_vae import config_files, preflight
@@ -24,6 +24,7 @@ from lightning_vae.callbacks import (
     PredictionWriter,
     SampleFigure,
     SampleQuality,
+    StepProgressBar,
     run_dir,
 )
 from lightning_vae.data import ManifoldDataModule
@@ -225,7 +226,11 @@ class VAECLI(LightningCLI):
                 self.model.configure_loop(**loop)
             except ValueError as err:
                 raise bad_input(ValueError, f"trainer.{err}") from err
-        return super().instantiate_trainer(**{**overrides, **kwargs})
+        trainer = super().instantiate_trainer(**{**overrides, **kwargs})
+        for callback in trainer.callbacks:  # Lightning's bar counts groups of K steps
+            if type(callback) is TQDMProgressBar:
+                callback.__class__ = StepProgressBar  # its settings kept: only the counting differs
+        return trainer
 
     def before_fit(self) -> None:
         """Resuming a run that has finished trains nothing: say so and exit (Lightning would

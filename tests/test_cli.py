@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import CONFIGS, ROOT, TINY, fit, run_dirs
@@ -368,3 +369,24 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(runs):
     assert any(f"{ckpt} is of a finished run (160 of 160 optimizer steps): nothing to train" in r.getMessage()
                for r in records), [r.getMessage() for r in records]
     assert sorted(p.name for p in runs["root"].rglob("*")) == before
+
+
+def test_the_progress_bar_counts_optimizer_steps(tmp_path):
+    """One Lightning step is a group of K = 32 optimizer steps; the bar counts the steps."""
+    from lightning_vae.callbacks import StepProgressBar
+    from lightning_vae.cli import build_cli
+
+    cli = build_cli(["--config", str(CONFIGS / "seed_spread.yaml"), *TINY, "--trainer.max_epochs=2",
+                     "--trainer.enable_progress_bar=true", f"--trainer.logger.init_args.save_dir={tmp_path}",
+                     f"--trainer.default_root_dir={tmp_path}"], run=False)
+    bar = cli.trainer.progress_bar_callback
+    assert type(bar) is StepProgressBar
+    seen = []
+
+    class Spy(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append((bar.train_progress_bar.n, bar.train_progress_bar.total))
+
+    cli.trainer.callbacks.append(Spy())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert seen == [(20, 20), (20, 20)]  # 2560 points / batch 128 per epoch, in one group each
