@@ -22,6 +22,7 @@ from torch import Tensor
 from lightning_vae import metrics
 from lightning_vae.compat import file_writer, foreach_norm, set_last_lr
 from lightning_vae.scalars import log_scalars, write_scalars
+from lightning_vae.steps import planned_steps
 
 log = logging.getLogger(__name__)
 
@@ -994,10 +995,8 @@ class StepProgressBar(TQDMProgressBar):
         if per_epoch is None:
             return super().total_train_batches
         accumulate = getattr(trainer.lightning_module, "accumulate_grad_batches", 1)
-        total = -(-per_epoch(trainer.world_size) // max(1, accumulate))
-        if trainer.max_steps not in (None, -1):
-            total = min(total, trainer.max_steps - self._epoch_start)
-        return total
+        left = None if trainer.max_steps in (None, -1) else trainer.max_steps - self._epoch_start
+        return planned_steps(per_epoch(trainer.world_size), accumulate, 1, left)
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         self._epoch_start = trainer.global_step

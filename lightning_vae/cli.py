@@ -235,18 +235,14 @@ class VAECLI(LightningCLI):
     def before_fit(self) -> None:
         """Resuming a run that has finished trains nothing: say so and exit (Lightning would
         restore it, stop at once and add an empty run directory)."""
-        import math
-
         ckpt_path = _section(self.config, self.subcommand).get("ckpt_path")
         done = preflight.trained_steps(ckpt_path)
         if done is None or not hasattr(self.datamodule, "steps_per_epoch"):
             return
         trainer = self.trainer
-        per_epoch = -(-self.datamodule.steps_per_epoch(trainer.world_size)
-                      // max(1, getattr(self.model, "accumulate_grad_batches", 1)))
-        total = per_epoch * trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
-        if trainer.max_steps not in (None, -1):
-            total = min(total, trainer.max_steps)
+        total = steps.planned_steps(self.datamodule.steps_per_epoch(trainer.world_size),
+                                    getattr(self.model, "accumulate_grad_batches", 1),
+                                    trainer.max_epochs, trainer.max_steps)
         if done >= total:
             logging.getLogger("lightning_vae").info(
                 f"{ckpt_path} is of a finished run ({done} of {total} optimizer steps): nothing to "

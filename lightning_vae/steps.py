@@ -156,6 +156,18 @@ def evaluation_epochs(every_n_steps: int, steps_per_epoch: int, max_epochs: int)
     return next((d for d in range(n, max_epochs + 1) if max_epochs % d == 0), max_epochs)
 
 
+def planned_steps(batches_per_epoch: int, accumulate_grad_batches: int, max_epochs: int | None,
+                  max_steps: int | None) -> float:
+    """Optimizer steps of a whole run, ``inf`` where neither bound is set: one step per
+    ``accumulate_grad_batches`` batches, a short last one at an epoch's end (Lightning's
+    rule), over ``max_epochs`` epochs, at most ``max_steps`` (-1 or None: no bound)."""
+    per_epoch = -(-batches_per_epoch // max(1, accumulate_grad_batches))
+    total = per_epoch * max_epochs if max_epochs is not None and max_epochs > 0 else math.inf
+    if max_steps not in (None, -1):
+        total = min(total, max_steps)
+    return total
+
+
 def _overriding(trainer: pl.Trainer, module: pl.LightningModule, name: str) -> list:
     """The bound ``name`` hooks of the callbacks that override it, then the module's if it
     does (Lightning's order), with the callbacks' (trainer, module) arguments bound."""
@@ -327,11 +339,8 @@ class KStepTraining:
     def _total_steps(self) -> int:
         """Optimizer steps of the whole run (what the cosine schedule spans)."""
         trainer = self.trainer
-        batches = trainer.datamodule.steps_per_epoch(trainer.world_size)
-        per_epoch = -(-batches // self.accumulate_grad_batches)
-        total = per_epoch * trainer.max_epochs if trainer.max_epochs > 0 else math.inf
-        if trainer.max_steps != -1:
-            total = min(total, trainer.max_steps)
+        total = planned_steps(trainer.datamodule.steps_per_epoch(trainer.world_size),
+                              self.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps)
         if not math.isfinite(total):
             raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_epochs "
                              "or trainer.max_steps, or use lr_schedule 'constant'")

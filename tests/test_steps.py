@@ -231,3 +231,15 @@ def test_weight_averaging_updates_every_step(tmp_path):
     plain = fit("seed_spread.yaml", tmp_path, "--data.steps_per_batch=32", "--trainer.max_epochs=2", *NO_VAL)
     a, c = _weights(many), _weights(plain)
     assert max(float((a[k] - c[k]).abs().max()) for k in a) > 1e-4  # the average is not the last step
+
+
+def test_planned_steps_counts_a_runs_optimizer_steps():
+    """What the cosine schedule spans, the progress bar's total and the finished-run check."""
+    import math
+
+    from lightning_vae.steps import planned_steps
+
+    assert planned_steps(39, 1, 60, None) == 2340
+    assert planned_steps(39, 4, 2, -1) == 20  # 10 steps an epoch: 9 of 4 batches and a short one
+    assert planned_steps(39, 1, -1, 100) == 100 and planned_steps(39, 1, 60, 100) == 100
+    assert planned_steps(39, 1, -1, -1) == math.inf and planned_steps(39, 1, None, None) == math.inf
