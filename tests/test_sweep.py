@@ -21,6 +21,7 @@ def _sweep(root, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow  # five fit subprocesses (~45 s): the default suite stays under 5 minutes
 def test_grid_runs_are_recorded_and_a_rerun_skips_finished_ones(tmp_path):
     grid = ["--grid", "model.objective.init_args.noise_std=0.3,-1", "--seeds", "0", "--name", "s"]
     first = _sweep(tmp_path, *grid)
