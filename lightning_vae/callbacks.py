@@ -404,8 +404,7 @@ class SampleQuality(pl.Callback):
     subsample). Under DDP every rank draws the same samples (same weights, same seed) and
     feeds its share of the points (rows ``rank::world_size``); the metrics gather them, so
     every rank logs the value one process would. On an ensemble every member is measured,
-    into its own run. ``last`` holds the latest values, one dict per member (one for a
-    single run).
+    into its own run.
 
     Args:
         n_samples: number of model samples and of validation points compared.
@@ -431,7 +430,6 @@ class SampleQuality(pl.Callback):
         self.max_points, self.n_projections, self.max_marginal_dim = max_points, n_projections, max_marginal_dim
         self._metrics: dict | None = None
         self._said_no_geometry = False
-        self.last: list[dict[str, float]] | None = None
 
     def _build(self, datamodule, device: torch.device) -> dict:
         """The metric objects, once per run (the bandwidth is fixed by the data)."""
@@ -500,13 +498,13 @@ class SampleQuality(pl.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self.cadence.due(trainer):
             return
-        self.last = [self.compute(model, trainer.datamodule, trainer.global_rank, trainer.world_size)
-                     for model in _models(pl_module)]
+        rows = [self.compute(model, trainer.datamodule, trainer.global_rank, trainer.world_size)
+                for model in _models(pl_module)]
         if members(pl_module) is None:
-            for k, v in self.last[0].items():
+            for k, v in rows[0].items():
                 pl_module.log(k, v, sync_dist=True)  # identical on every rank already
         else:
-            pl_module.member_log({k: torch.tensor([row[k] for row in self.last]) for k in self.last[0]})
+            pl_module.member_log({k: torch.tensor([row[k] for row in rows]) for k in rows[0]})
 
 
 class SampleFigure(pl.Callback):

@@ -121,6 +121,7 @@ class VAECLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         self.all_parsers: list[LightningArgumentParser] = []  # the main one, then each subcommand's
         self.ckpt_shapes: preflight.Shapes | None = None  # of ckpt_path's tensors, where one is given
+        self.ckpt_steps: int | None = None  # the optimizer steps ckpt_path's run had taken
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -177,7 +178,7 @@ class VAECLI(LightningCLI):
         found = preflight.read_checkpoint(ckpt_path, PROG)
         if found is None:
             return
-        self.ckpt_shapes, hparams = found
+        self.ckpt_shapes, hparams, self.ckpt_steps = found
         if hparams is None:
             return
         model = self.config[sub].get("model")
@@ -236,7 +237,7 @@ class VAECLI(LightningCLI):
         """Resuming a run that has finished trains nothing: say so and exit (Lightning would
         restore it, stop at once and add an empty run directory)."""
         ckpt_path = _section(self.config, self.subcommand).get("ckpt_path")
-        done = preflight.trained_steps(ckpt_path)
+        done = self.ckpt_steps  # read with the rest of the checkpoint (parse_arguments)
         if done is None or not hasattr(self.datamodule, "steps_per_epoch"):
             return
         trainer = self.trainer

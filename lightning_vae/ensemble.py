@@ -291,15 +291,16 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         NaN in a ``_SPARSE`` tag is not written (it has no such event, as its single run
         would not)."""
         host = {k: v.float().cpu().tolist() for k, v in values.items()}
-        for m, metrics in enumerate(self.member_metrics):
-            metrics.update({k: v[m] for k, v in host.items() if not (k in _SPARSE and math.isnan(v[m]))})
+        rows = [{k: v[m] for k, v in host.items() if not (k in _SPARSE and math.isnan(v[m]))}
+                for m in range(len(self.seeds))]
+        for metrics, row in zip(self.member_metrics, rows):
+            metrics.update(row)
         writers = self.member_writers()
         if writers is None:
             return
         step = self.global_step - 1 if step is None else step
-        for m, w in enumerate(writers):
-            write_scalars(w, {k: v[m] for k, v in host.items()
-                              if not (k in _SPARSE and math.isnan(v[m]))}, step)
+        for w, row in zip(writers, rows):
+            write_scalars(w, row, step)
 
     def member_writers(self) -> list | None:
         """One TensorBoard writer per member, ``<run dir>/seed_<s>/`` (rank zero only)."""

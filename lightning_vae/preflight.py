@@ -17,7 +17,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lightning_vae.errors import bad_input, shorten
 
@@ -88,11 +88,19 @@ def tensor_shapes(state_dict: Mapping[str, Any]) -> Shapes:
     return {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
 
 
-def read_checkpoint(ckpt_path: object, prog: str) -> tuple[Shapes, dict | None] | None:
-    """A ``ckpt_path`` file's tensor shapes and model hyperparameters (as a model config, or
-    None where it holds none); None where ``ckpt_path`` names no file (unset, or one of
-    Lightning's words: ``last``, ``best``, ``hpc``, ``registry...``). A missing or unreadable
-    file is an error; ``prog`` is how the user runs the CLI, for the message."""
+class CheckpointInfo(NamedTuple):
+    """What the CLI checks in a ``ckpt_path`` file before Lightning reads it."""
+
+    shapes: Shapes  # its tensors' shapes
+    hparams: dict | None  # its model hyperparameters as a model config (None: it holds none)
+    global_step: int | None  # the optimizer steps its run had taken
+
+
+def read_checkpoint(ckpt_path: object, prog: str) -> CheckpointInfo | None:
+    """A ``ckpt_path`` file's tensor shapes, model hyperparameters and global step; None
+    where ``ckpt_path`` names no file (unset, or one of Lightning's words: ``last``,
+    ``best``, ``hpc``, ``registry...``). A missing or unreadable file is an error; ``prog``
+    is how the user runs the CLI, for the message."""
     if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT or str(ckpt_path).startswith("registry"):
         return None
     import torch
@@ -116,20 +124,9 @@ def read_checkpoint(ckpt_path: object, prog: str) -> tuple[Shapes, dict | None] 
     hparams.pop("_instantiator", None)
     if "_class_path" in hparams:
         hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-    return tensor_shapes(ckpt["state_dict"]), hparams or None
-
-
-def trained_steps(ckpt_path: object) -> int | None:
-    """The optimizer steps a ``ckpt_path`` file's run had taken (its ``global_step``), or
-    None where it names no readable file (``read_checkpoint`` reports those)."""
-    if not ckpt_path or str(ckpt_path) in SPECIAL_CKPT or not Path(str(ckpt_path)).is_file():
-        return None
-    import torch
-
-    try:
-        return int(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("global_step"))
-    except Exception:  # noqa: BLE001 - unreadable: read_checkpoint has said so already
-        return None
+    step = ckpt.get("global_step")
+    return CheckpointInfo(tensor_shapes(ckpt["state_dict"]), hparams or None,
+                          int(step) if isinstance(step, int) else None)
 
 
 def check_settings_match(ckpt_path: object, before: Mapping, after: Mapping, defaults: Mapping) -> None:

@@ -190,8 +190,10 @@ def test_a_missing_or_unreadable_checkpoint_is_refused(tmp_path):
 def test_a_checkpoint_is_read_as_lightning_reads_it(tmp_path):
     state = {"enc.weight": torch.zeros(3, 2), "enc.bias": torch.zeros(3)}
     torch.save({"state_dict": state, "hyper_parameters": {"hidden": 16, "_instantiator": "x"}}, tmp_path / "a.ckpt")
-    shapes, hparams = preflight.read_checkpoint(str(tmp_path / "a.ckpt"), "prog")
-    assert shapes == {"enc.weight": (3, 2), "enc.bias": (3,)} and hparams == {"hidden": 16}
+    shapes, hparams, step = preflight.read_checkpoint(str(tmp_path / "a.ckpt"), "prog")
+    assert shapes == {"enc.weight": (3, 2), "enc.bias": (3,)} and hparams == {"hidden": 16} and step is None
+    torch.save({"state_dict": state, "global_step": 390}, tmp_path / "s.ckpt")
+    assert preflight.read_checkpoint(tmp_path / "s.ckpt", "prog").global_step == 390
     torch.save({"state_dict": state, "hyper_parameters": {"_class_path": "m.VAE", "hidden": 8}}, tmp_path / "b.ckpt")
     assert preflight.read_checkpoint(tmp_path / "b.ckpt", "prog")[1] == {"class_path": "m.VAE",
                                                                          "dict_kwargs": {"hidden": 8}}
