@@ -196,6 +196,44 @@ def save_figure(fig, path: Path) -> "numpy.ndarray":
     return image
 
 
+def _principal_axes(data: Tensor, k: int = 2) -> tuple[Tensor, Tensor, float]:
+    """The mean ``(D,)`` of ``data`` ``(N, D)`` (float64), its top ``k`` principal axes as
+    unit rows ``(k, D)``, each signed so that its largest component is positive (the same
+    orientation at every step: the seed's first axis points along +x), and the share of
+    the data's total variance that lies along them (1 for data with no variance)."""
+    data = data.double()
+    mean = data.mean(0)
+    _, s, vh = torch.linalg.svd(data - mean, full_matrices=False)
+    axes = vh[:k]
+    sign = axes.gather(1, axes.abs().argmax(1, keepdim=True)).sign()
+    axes = axes * torch.where(sign == 0, torch.ones_like(sign), sign)
+    var = s.square()
+    total = float(var.sum())
+    return mean, axes, float(var[:k].sum()) / total if total > 0 else 1.0
+
+
+def _data_plane(data: Tensor) -> tuple[Tensor, Tensor, tuple[str, str], float]:
+    """The plane the figures draw D-dimensional data on: its mean ``(D,)``, two unit axes
+    as rows ``(2, D)``, their labels and the share of the data's variance on the plane.
+    2-D data: the plane itself (axes x, y; share 1); in R^D: the plane of the data's top
+    two principal axes through its mean. A point p is drawn at (p - mean) @ axes.T."""
+    dim = data.shape[1]
+    if dim < 2:
+        raise ValueError(f"a plane needs data with D >= 2 axes, got D = {dim}")
+    if dim == 2:
+        return data.double().mean(0), torch.eye(2, dtype=torch.float64), ("x", "y"), 1.0
+    mean, axes, share = _principal_axes(data, 2)
+    return mean, axes, ("principal axis 1", "principal axis 2"), share
+
+
+def _close(figures: list) -> None:
+    """Close figures that are not logged (matplotlib keeps every open one)."""
+    import matplotlib.pyplot as plt
+
+    for fig in figures:
+        plt.close(fig)
+
+
 def log_figure(trainer, pl_module, tag: str, figures: list, step: int) -> None:
     """One figure per model (the run, or each member) as ``figures/<tag>_step<step>.png`` in
     its run directory (whatever the logger), into TensorBoard, and to every other logger
@@ -224,6 +262,14 @@ def _writers(trainer, pl_module) -> list | None:
     return None if writer is None else [writer]
 
 
+_HISTORY_KEYS = ("step", "std_ratio", "likelihood_std_ratio")
+
+
+def _empty_history() -> dict[str, list]:
+    """One model's per-axis history: the steps, and at each the ratios of every axis."""
+    return {k: [] for k in _HISTORY_KEYS}
+
+
 class DecoderVarianceMonitor(pl.Callback):
     """Logs the decoder mean and std per axis and latent state; detects variance collapse.
 
@@ -239,8 +285,21 @@ class DecoderVarianceMonitor(pl.Callback):
     ``latent/effective_states`` = exp(entropy of the prior): K for a uniform prior, fewer as
     the mixture's weights concentrate.
 
+    Per ambient axis (data with D <= ``max_axes``) it logs ``decoder/std_ratio_<axis>``, the
+    smallest decoder std on that axis over the latent states relative to the data scale,
+    and ``decoder/likelihood_std_ratio_<axis>``, the same for the likelihood being trained
+    (the collapse check's std: the decoder's for the ELBO, sqrt(std^2 + noise_std^2) for
+    the spread ELBO). It keeps their history in memory (saved in checkpoints, so a resumed
+    run keeps it; at most ``MAX_HISTORY`` points, thinned evenly), and at the end of
+    training draws it as the figure ``decoder/std_per_axis`` (``std_figure``): per axis the
+    likelihood's std ratio (solid) and the raw decoder's (dashed) against the optimizer
+    step on a log axis, with the collapse threshold and the collapse step. On the seed the
+    ELBO's y-axis line falls through the threshold; the spread ELBO's stays at its noise
+    floor, noise_std / data_scale, far above it, while its raw decoder std may fall.
+
     On an ensemble (a module with a member axis, ``members``) all of it is per member,
-    into each member's run: ``collapses[m]`` is member m's first crossing.
+    into each member's run: ``collapses[m]`` is member m's first crossing, ``history[m]``
+    its per-axis history and one figure per member.
 
     Args:
         collapse_ratio: threshold relative to the data scale (1e-2: two orders of
@@ -250,21 +309,31 @@ class DecoderVarianceMonitor(pl.Callback):
             ``trainer.log_every_n_steps`` steps from step 0, and at the end of training.
         max_states: per-state scalars (``decoder/*_z<k>``) for the first ``max_states``
             states only; the collapse check and the histograms cover every state.
+        max_axes: the per-axis scalars, their history and the ``decoder/std_per_axis``
+            figure for data with at most this many axes D (0: none).
     """
 
+    MAX_HISTORY = 500  # points per member; beyond it every other one is dropped
+
     def __init__(self, collapse_ratio: float = 1e-2, check_every_n_steps: int = 1,
-                 max_states: int = 16) -> None:
+                 max_states: int = 16, max_axes: int = 8) -> None:
         if not collapse_ratio > 0:
             raise ValueError(f"collapse_ratio must be > 0, got {collapse_ratio}")
         if check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
         if max_states < 0:
             raise ValueError(f"max_states must be >= 0, got {max_states}")
+        if max_axes < 0:
+            raise ValueError(f"max_axes must be >= 0, got {max_axes}")
         self.collapse_ratio = collapse_ratio
         self.check_every_n_steps = check_every_n_steps
         self.max_states = max_states
+        self.max_axes = max_axes
         # Per member (one for a single run): step, axis, state, std of the first crossing.
         self.collapses: list[dict | None] = [None]
+        # Per member: the logged steps and, at each, the per-axis ratios (lists of D floats).
+        self.history: list[dict[str, list]] = [_empty_history()]
+        self._history_spacing = 0  # the least step gap between points kept (grows as thinned)
 
     @property
     def collapse(self) -> dict | None:
@@ -273,17 +342,27 @@ class DecoderVarianceMonitor(pl.Callback):
         return min(found, key=lambda c: c["step"]) if found else None
 
     def state_dict(self) -> dict:
-        if len(self.collapses) == 1:
-            return {"collapse": self.collapses[0]}
-        return {"collapses": list(self.collapses)}
+        state = {"collapse": self.collapses[0]} if len(self.collapses) == 1 else {"collapses": list(self.collapses)}
+        # Plain lists (a checkpoint loads with weights_only); the rows are never changed in place.
+        state["history"] = [{k: list(v) for k, v in h.items()} for h in self.history]
+        state["history_spacing"] = self._history_spacing
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.collapses = list(state_dict["collapses"]) if "collapses" in state_dict else [state_dict.get("collapse")]
+        history = state_dict.get("history")  # absent in checkpoints written before it was kept
+        if history is not None and len(history) == len(self.collapses):
+            self.history = [{k: list(h.get(k, [])) for k in _HISTORY_KEYS} for h in history]
+        else:
+            self.history = [_empty_history() for _ in self.collapses]
+        self._history_spacing = int(state_dict.get("history_spacing", 0))
 
     def on_fit_start(self, trainer, pl_module) -> None:
         n = len(members(pl_module) or [None])
         if len(self.collapses) != n:  # (a resume's state is restored after this hook)
             self.collapses = [None] * n
+        if len(self.history) != n:
+            self.history, self._history_spacing = [_empty_history() for _ in range(n)], 0
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -304,15 +383,27 @@ class DecoderVarianceMonitor(pl.Callback):
 
     @torch.no_grad()
     def on_train_end(self, trainer, pl_module) -> None:
-        self._log(trainer, pl_module, trainer.global_step)  # the final weights
+        step = trainer.global_step
+        self._log(trainer, pl_module, step, final=True)  # the final weights
+        if _run_dirs(trainer, pl_module) is None or not self.history[0]["step"]:
+            return
+        seeds = members(pl_module)
+        data_scale = trainer.datamodule.data_scale
+        figures = [self.std_figure(m, step, data_scale, None if seeds is None else seeds[m])
+                   for m in range(len(self.history))]
+        log_figure(trainer, pl_module, "decoder/std_per_axis", figures, step)
 
-    def _log(self, trainer, pl_module, step: int) -> None:
+    def _log(self, trainer, pl_module, step: int, final: bool = False) -> None:
         loc, scale = pl_module.decoder_params()  # (K, D), or (M, K, D) for an ensemble
-        ratio = self._check(trainer, pl_module, step, pl_module.likelihood_scale(scale))
+        lik_scale = pl_module.likelihood_scale(scale)
+        ratio = self._check(trainer, pl_module, step, lik_scale)
         data_scale = trainer.datamodule.data_scale
         values = {"decoder/min_std_ratio": scale.flatten(-2).amin(-1) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
                   **decoder_scalars(loc, scale, self.max_states)}
+        dim = scale.shape[-1]
+        if dim <= self.max_axes:
+            values.update(self._per_axis(pl_module, step, scale, lik_scale, data_scale, final))
         prior_logits = pl_module.prior_logits() if hasattr(pl_module, "prior_logits") else None
         if prior_logits is not None:
             log_p = torch.log_softmax(prior_logits, -1)
@@ -323,6 +414,110 @@ class DecoderVarianceMonitor(pl.Callback):
         elif self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
         _write(trainer, pl_module, values, step)
+
+    def _per_axis(self, pl_module, step: int, scale: Tensor, lik_scale: Tensor, data_scale: float,
+                  final: bool) -> dict[str, float | list[float]]:
+        """``decoder/std_ratio_<axis>`` and ``decoder/likelihood_std_ratio_<axis>``: the min
+        over latent states of the decoder's and the likelihood's std on each axis, over the
+        data scale; floats, or each member's as a list (one host read). Kept in ``history``."""
+        seeds = members(pl_module)
+        n, dim = len(seeds or [None]), scale.shape[-1]
+        # (2, M, D): [decoder, likelihood] x member x axis.
+        ratios = (torch.stack([scale.amin(-2), lik_scale.amin(-2)]).reshape(2, n, dim) / data_scale).tolist()
+        values = {}
+        for d in range(dim):
+            a = axis_name(d, dim)
+            for i, name in enumerate(("std_ratio", "likelihood_std_ratio")):
+                per_member = [ratios[i][m][d] for m in range(n)]
+                values[f"decoder/{name}_{a}"] = per_member[0] if seeds is None else per_member
+        self._remember(step, ratios, final)
+        return values
+
+    def _remember(self, step: int, ratios: list, final: bool) -> None:
+        """Add the ratios of ``step`` to each member's history: every logged step until
+        ``MAX_HISTORY`` points, then every other one of those kept (the final step always).
+        A step at or before the last one kept (a resume from an earlier checkpoint)
+        replaces what followed it."""
+        steps = self.history[0]["step"]
+        if steps and steps[-1] < step and step - steps[-1] < self._history_spacing and not final:
+            return
+        for m, h in enumerate(self.history):
+            while h["step"] and h["step"][-1] >= step:
+                for k in _HISTORY_KEYS:
+                    h[k].pop()
+            h["step"].append(step)
+            h["std_ratio"].append(ratios[0][m])
+            h["likelihood_std_ratio"].append(ratios[1][m])
+        if len(steps) > self.MAX_HISTORY:
+            n = len(steps)
+            keep = [*range(0, n - 1, 2), n - 1]  # every other point, the first and the latest
+            for h in self.history:
+                for k in _HISTORY_KEYS:
+                    h[k] = [h[k][i] for i in keep]
+            kept = self.history[0]["step"]
+            self._history_spacing = max(2 * self._history_spacing, kept[1] - kept[0])
+
+    def std_figure(self, m: int = 0, step: int | None = None, data_scale: float | None = None,
+                   seed: int | None = None):
+        """Member ``m``'s decoder std per axis against the optimizer step (a single run: 0),
+        from ``history``: per axis the smallest std over the latent states, relative to the
+        data scale, of the likelihood being trained (solid) and of the raw decoder
+        (dashed; the same line for the ELBO), on a log axis; the collapse threshold
+        ``collapse_ratio`` as a horizontal line and, if the run collapsed, the collapse step
+        as a vertical one. None without a history (D > ``max_axes``, or nothing logged)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+
+        h = self.history[m]
+        if not h["step"]:
+            return None
+        steps = h["step"]
+        raw, lik = (torch.tensor(h[k], dtype=torch.float64) for k in ("std_ratio", "likelihood_std_ratio"))
+        dim = raw.shape[1]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.set_yscale("log")
+        drawn = []
+        for d in range(dim):
+            colour = f"C{d}"
+            for values, style, width in ((lik[:, d], "-", 1.6), (raw[:, d], "--", 1.1)):
+                shown = values.where(values.isfinite() & (values > 0), torch.tensor(math.nan))
+                ax.plot(steps, shown.numpy(), style, color=colour, lw=width)
+                drawn.append(shown)
+        ax.axhline(self.collapse_ratio, color="tab:red", ls=":", lw=1.2)
+        ax.annotate(f"collapse threshold ({self.collapse_ratio:g} x data scale)", (0.99, self.collapse_ratio),
+                    xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points",
+                    color="tab:red", fontsize=7, va="bottom", ha="right")
+        collapse = self.collapses[m] if m < len(self.collapses) else None
+        if collapse is not None:
+            ax.axvline(collapse["step"], color="tab:red", lw=1, alpha=0.6)
+            ax.annotate(f"collapse, step {collapse['step']} (axis {collapse['axis']})", (collapse["step"], 0.98),
+                        xycoords=("data", "axes fraction"), xytext=(3, 0), textcoords="offset points",
+                        color="tab:red", fontsize=7, va="top")
+        values = torch.cat(drawn)
+        finite = values[values.isfinite()]
+        low = min(float(finite.min()) if len(finite) else self.collapse_ratio, self.collapse_ratio)
+        high = max(float(finite.max()) if len(finite) else 1.0, self.collapse_ratio)
+        ax.set_ylim(low / 2, high * 2)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("std / data scale (min over states)", fontsize=9)
+        handles = [Line2D([], [], color=f"C{d}", lw=1.6, label=f"axis {axis_name(d, dim)}") for d in range(dim)]
+        handles += [Line2D([], [], color="0.3", lw=1.6, label="likelihood std"),
+                    Line2D([], [], color="0.3", lw=1.1, ls="--", label="decoder std")]
+        # Outside the axes, right: the lines may run anywhere inside.
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, borderaxespad=0)
+        same = bool(torch.equal(raw.nan_to_num(-1.0), lik.nan_to_num(-1.0)))
+        zero = bool((raw == 0).all())
+        note = ("; likelihood = decoder std" if same else
+                "; decoder std 0 (deterministic), not drawn" if zero else "")
+        who = "" if seed is None else f"seed {seed}, "
+        scale = "" if data_scale is None else f" (data scale {data_scale:.3g})"
+        step = steps[-1] if step is None else step
+        ax.set_title(f"decoder std per axis{scale}, {who}step {step}{note}", fontsize=9)
+        fig.subplots_adjust(left=0.12, right=0.80, bottom=0.13, top=0.92)
+        return fig
 
     def _check(self, trainer, pl_module, step: int, lik_scale: Tensor) -> Tensor | float:
         """Record each member's first collapse; return min likelihood std / data scale, a
@@ -510,7 +705,10 @@ class SampleQuality(pl.Callback):
 class SampleFigure(pl.Callback):
     """A scatter of validation data against clean-model samples: a PNG in the run
     directory (``figures/samples_scatter_step<N>.png``), an image in TensorBoard and in any
-    logger with ``log_image`` (each member's into its own run, for an ensemble).
+    logger with ``log_image`` (each member's into its own run, for an ensemble). Data in
+    R^D, D > 2, are drawn on the plane of their top two principal axes. Next to it, at the
+    same times: the model's log-density (``samples/log_density``) and its posterior q(z|x)
+    along the data (``samples/posterior``).
 
     Args:
         every_n_epochs: draw at the validation of every n-th epoch (deterministic); null: by
@@ -523,11 +721,14 @@ class SampleFigure(pl.Callback):
             ``density_figure``), for models with a density.
         grid: the heatmap's lattice points per side (grid^2 evaluations of log p(x)).
         clip: the heatmap's colour range, in nats below its maximum.
+        posterior: also the encoder's q(z|x) along the held-out data's first principal
+            coordinate (``samples/posterior``, ``posterior_figure``), for models with an
+            encoder.
     """
 
     def __init__(self, every_n_epochs: int | None = None, every_n_seconds: float = 60.0,
                  n_points: int = 1000, seed: int = 0, density: bool = True, grid: int = 80,
-                 clip: float = 20.0) -> None:
+                 clip: float = 20.0, posterior: bool = True) -> None:
         if grid < 2:
             raise ValueError(f"grid must be >= 2, got {grid}")
         if not clip > 0:
@@ -535,11 +736,15 @@ class SampleFigure(pl.Callback):
         self.cadence = Cadence(every_n_epochs, every_n_seconds)
         self.n_points, self.seed = n_points, seed
         self.density, self.grid, self.clip = density, grid, float(clip)
+        self.posterior = posterior
 
     @torch.no_grad()
     def figure(self, pl_module, datamodule, step: int | None = None):
-        """The matplotlib figure (first two axes of the data) of a model with ``sample``,
-        titled with ``step`` (default: the module's global step)."""
+        """Clean-model samples over the held-out data, titled with ``step`` (default: the
+        module's global step) and the number of non-finite samples left out. 2-D data: on
+        the axes x, y; in R^D (D > 2): both projected on the plane of the data's top two
+        principal axes through its mean (``_data_plane``, as ``density_figure``), the
+        share of the data's variance on that plane in the title; 1-D data: x against x."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -550,17 +755,24 @@ class SampleFigure(pl.Callback):
         finite = x.isfinite().all(dim=1)
         n_bad = int((~finite).sum())
         x = x[finite]
+        plane = ""
+        if data.shape[1] > 2:
+            mean, axes, labels, share = _data_plane(data)
+            x, data = (((p.double() - mean) @ axes.T).float() for p in (x, data))
+            plane = f"; PCA plane, {share:.0%} of the data's variance"
+        else:
+            labels = ("x", "y") if data.shape[1] == 2 else ("x", "x")
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         j = 1 if data.shape[1] > 1 else 0
         ax.scatter(x[:, 0], x[:, j], s=4, alpha=0.5, color="tab:orange", label="clean-model samples")
         ax.scatter(data[:, 0], data[:, j], s=2, alpha=0.6, color="tab:blue", label="held-out data")
         # Equal scales on both axes: off-manifold spread is shown at its true size.
         ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel("x")
-        ax.set_ylabel("y" if j else "x")
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
         note = f" ({n_bad} non-finite samples not shown)" if n_bad else ""
         step = pl_module.global_step if step is None else step
-        ax.set_title(f"step {step}{note}", fontsize=10)
+        ax.set_title(f"step {step}{note}{plane}", fontsize=10)
         ax.legend(loc="upper right", fontsize=8)
         # Fixed margins: tight_layout measured every text box, ~90 ms of a ~200 ms figure.
         fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.92)
@@ -573,7 +785,7 @@ class SampleFigure(pl.Callback):
         the data's top two principal axes through its mean), clipped ``clip`` nats below its
         maximum. On manifold data it shows the failure: the ELBO's density is a spike on the
         line, the spread model's a band of the data's own width. None for a model without
-        a density (the deterministic decoder)."""
+        a density (the deterministic decoder), and for 1-D data (no plane)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -582,12 +794,9 @@ class SampleFigure(pl.Callback):
         if getattr(model, "deterministic", False) or getattr(getattr(model, "net", None), "deterministic", False):
             return None
         data = datamodule.val_x[: self.n_points].double()
-        mean = data.mean(0)
-        if data.shape[1] == 2:
-            axes, labels = torch.eye(2, dtype=data.dtype), ("x", "y")
-        else:  # the top two principal axes (rows)
-            axes = torch.linalg.svd(data - mean, full_matrices=False).Vh[:2]
-            labels = ("principal axis 1", "principal axis 2")
+        if data.shape[1] < 2:
+            return None
+        mean, axes, labels, _ = _data_plane(data)
         uv = (data - mean) @ axes.T  # (N, 2) coordinates in the plane
         lo, hi = uv.min(0).values, uv.max(0).values
         half = torch.maximum((hi - lo) / 2, ((hi - lo).max() / 4).expand(2)) * 1.25  # a flat axis gets room
@@ -612,6 +821,74 @@ class SampleFigure(pl.Callback):
         fig.subplots_adjust(left=0.13, right=0.95, bottom=0.13, top=0.92)
         return fig
 
+    @torch.no_grad()
+    def posterior_figure(self, model, datamodule, step: int):
+        """The encoder's q(z|x) along the data: for each held-out point, against its first
+        principal coordinate (the held-out data's, through their mean; for the seed's 2-D
+        data that is x), the posterior of a discrete latent, q(z=k|x) for each state
+        (K <= 8 states; more: the most probable state with its probability as colour), or
+        a Gaussian latent's posterior mean per dimension (the first 4) with a +-1 std bar.
+        On the seed it shows whether the latent splits the two clusters (a sharp step from
+        one state to the other between them) or ignores x (posterior collapse: flat at the
+        prior). None for a model without an encoder."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        core = getattr(model, "net", model)  # a VAE's core, or an ensemble member (a core)
+        if getattr(core, "encoder", None) is None:
+            return None
+        data = datamodule.val_x[: self.n_points]
+        if data.shape[1] > 1:
+            mean, axis, share = _principal_axes(data, 1)
+            u = ((data.double() - mean) @ axis[0]).float()
+            along = next((axis_name(d, data.shape[1]) for d in range(data.shape[1])
+                          if float(axis[0, d].abs()) > 0.999), None)  # along an ambient axis
+            xlabel = (f"first principal coordinate of the data{f' (= {along})' if along else ''}, "
+                      f"{share:.0%} of its variance")
+        else:
+            u, xlabel = data[:, 0], "x"
+        order = u.argsort()
+        u, x = u[order].numpy(), data[order].to(next(core.parameters()).device)
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        colourbar = False
+        if getattr(core, "enumerable", False):
+            probs = core.log_q(x).exp().float().cpu()  # (N, K)
+            n_states = probs.shape[1]
+            if n_states <= 8:
+                for k in range(n_states):
+                    ax.scatter(u, probs[:, k].numpy(), s=3, alpha=0.6, label=f"q(z={k} | x)")
+                ax.set_ylim(-0.04, 1.04)
+                ax.set_ylabel("posterior probability")
+                ax.legend(loc="center right", fontsize=7, markerscale=3)
+                what = f"q(z|x) of the {n_states} latent states"
+            else:
+                top, state = probs.max(1)
+                colourbar = True
+                points = ax.scatter(u, state.numpy(), c=top.numpy(), s=4, cmap="viridis", vmin=0, vmax=1)
+                fig.colorbar(points, ax=ax, fraction=0.046, pad=0.02).set_label("q(z|x) of that state", fontsize=8)
+                ax.set_ylim(-0.5, n_states - 0.5)
+                ax.set_ylabel("most probable state z")
+                used = len(state.unique())
+                what = f"most probable of {n_states} states ({used} used)"
+        else:
+            loc, scale = (t.float().cpu().numpy() for t in core.encode_params(x))  # (N, d)
+            n_dims = min(loc.shape[1], 4)
+            for i in range(n_dims):
+                colour = f"C{i}"
+                ax.vlines(u, loc[:, i] - scale[:, i], loc[:, i] + scale[:, i], color=colour, alpha=0.12,
+                          lw=0.6)
+                ax.scatter(u, loc[:, i], s=3, color=colour, label=f"z{i}: mean +- 1 std")
+            ax.set_ylabel("posterior mean of z")
+            ax.legend(loc="upper right", fontsize=7, markerscale=3)
+            shown = f" (first {n_dims} of {loc.shape[1]})" if n_dims < loc.shape[1] else ""
+            what = f"q(z|x) of the Gaussian latent{shown}"
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_title(f"posterior along the data, step {step}: {what}", fontsize=9)
+        fig.subplots_adjust(left=0.11, right=0.92 if colourbar else 0.97, bottom=0.14, top=0.92)
+        return fig
+
     def _draw(self, trainer, pl_module) -> None:
         if _run_dirs(trainer, pl_module) is None:
             return
@@ -623,6 +900,14 @@ class SampleFigure(pl.Callback):
             densities = [self.density_figure(model, trainer.datamodule, step) for model in models]
             if all(f is not None for f in densities):
                 log_figure(trainer, pl_module, "samples/log_density", densities, step)
+            else:
+                _close([f for f in densities if f is not None])
+        if self.posterior:
+            posteriors = [self.posterior_figure(model, trainer.datamodule, step) for model in models]
+            if all(f is not None for f in posteriors):
+                log_figure(trainer, pl_module, "samples/posterior", posteriors, step)
+            else:
+                _close([f for f in posteriors if f is not None])
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.cadence.start()
