@@ -15,12 +15,11 @@ test: setup  ## the default test suite (CI runs exactly this): 2 workers, one te
 test-slow: setup  ## long learning-signal tests, incl. the 10-seed loops
 	@$(PY) -m pytest -q -m slow
 
-seeds: setup  ## 10-seed loop of both seed configs
-	@$(PY) -m lightning_vae.seeds configs/seed_spread.yaml --seeds 0-9
-	@$(PY) -m lightning_vae.seeds configs/seed_elbo.yaml --seeds 0-9
+seeds: setup  ## both seed configs over seeds 0-9 (one vectorised ensemble each), one table
+	@$(PY) -m lightning_vae sweep --config seed_elbo seed_spread --seeds 0-9 --name seeds
 
 lab: setup  ## every experiment config over seeds 0-2, one table (README: Beyond the seed)
-	@$(PY) -m lightning_vae.lab configs/*.yaml --seeds 0-2
+	@$(PY) -m lightning_vae sweep --config $(sort $(basename $(notdir $(wildcard configs/*.yaml)))) --seeds 0-2 --name lab
 
 study:  ## the seed study: ELBO vs spread at noise 0.1/0.3/1.0, 10 seeds each, and its report
 	@scripts/reproduce_study.sh

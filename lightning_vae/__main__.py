@@ -2,7 +2,7 @@
 ``lightning-vae <command> ...``.
 
 Commands: LightningCLI's ``fit``, ``validate``, ``test``, ``predict`` (``lightning_vae/cli.py``);
-``sweep`` (``lightning_vae/sweep.py``); ``report`` (``lightning_vae/study.py``); ``reproduce``
+``sweep`` (``lightning_vae/sweep.py``); ``report`` (``lightning_vae/report.py``); ``reproduce``
 (``lightning_vae/reproduce.py``).
 """
 
@@ -19,8 +19,9 @@ Train and evaluate (LightningCLI; --help on each lists every key):
   predict     write per-point predictions
 
 Experiments:
-  sweep       configs x grid x seeds, resumable, with a manifest
-  report      tables and figures over the runs under a directory
+  sweep       configs x grid x seeds (seeds as one vectorised ensemble), resumable;
+              locally, as scheduler commands (--dry_run) or a SLURM array (--launcher submitit)
+  report      tables, results.csv and figures over the runs under a directory
   reproduce   the seed reproduction: the ELBO failure and the spread fix
 
 Configs: a path, or a packaged config by name: {configs}
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sweep(argv[1:])
     elif command == "report":
-        from lightning_vae.study import main as report
+        from lightning_vae.report import main as report
 
         report(argv[1:])
     elif command == "reproduce":

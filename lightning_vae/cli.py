@@ -210,6 +210,8 @@ class VAECLI(LightningCLI):
         super().before_instantiate_classes()
         cfg = _section(self.config, self.subcommand)
         preflight.check_config(cfg.get("model"), cfg.get("trainer"), self.subcommand)
+        if self.subcommand in EVAL_STAGES:
+            eval_logger_dir(cfg, self.subcommand)
         if self.subcommand in ("fit", None):  # None: built with run=False, to fit in Python
             for note in steps.plan_run(cfg):
                 logging.getLogger("lightning_vae").info(note)
@@ -257,6 +259,14 @@ class VAECLI(LightningCLI):
         if trainer.is_global_zero and log_dir is not None:
             logging.getLogger("lightning_vae").info(
                 f"run directory: {log_dir}\n  inspect: {tensorboard_command(log_dir)}")
+
+    def _say_where(self) -> None:
+        """An evaluation says where it logged (``eval_logger_dir``)."""
+        log_dir = run_dir(self.trainer)
+        if self.trainer.is_global_zero and log_dir is not None:
+            logging.getLogger("lightning_vae").info(f"{self.subcommand} results logged to: {log_dir}")
+
+    after_validate = after_test = after_predict = _say_where
 
     def instantiate_classes(self) -> None:
         """Lightning's, with an error raised by a class's ``__init__`` naming its config key
@@ -324,6 +334,26 @@ class VAECLI(LightningCLI):
             self.trainer.logger, self.trainer.default_root_dir,
             version_given=preflight.logger_version_given(cfg.get("trainer")),
             checkpoint_dirpath=getattr(callback, "dirpath", None) if self.subcommand == "fit" else None)
+
+
+EVAL_STAGES = ("validate", "test", "predict")
+
+
+def eval_logger_dir(cfg: Namespace, stage: str) -> None:
+    """Where an evaluation logs: into the checkpoint's run, ``<run>/<stage>/version_N``
+    (``--ckpt_path <run>/checkpoints/...``), else ``<save_dir>/<name>/<stage>/version_N``;
+    never a new version of a training run (which reports would read as another seed). Set
+    on the config of a logger with ``save_dir`` and ``name`` (TensorBoard, CSV)."""
+    logger = (cfg.get("trainer") or {}).get("logger")
+    init = logger.get("init_args") if isinstance(logger, (Namespace, dict)) else None
+    if init is None or "save_dir" not in init or "name" not in init:
+        return
+    ckpt_path = cfg.get("ckpt_path")
+    run = Path(str(ckpt_path)).parent.parent if ckpt_path and Path(str(ckpt_path)).is_file() else None
+    if run is not None and Path(str(ckpt_path)).parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        init["save_dir"], init["name"] = str(run), stage
+    else:
+        init["name"] = f"{init['name'] or 'default'}/{stage}"
 
 
 def tensorboard_command(logdir: str | Path) -> str:

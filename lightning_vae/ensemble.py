@@ -40,7 +40,7 @@ from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.densities import normal_log_prob
 from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
-from lightning_vae.scalars import write_scalars
+from lightning_vae.scalars import flush_event_files, write_scalars
 from lightning_vae.steps import KStepTraining
 
 
@@ -206,6 +206,7 @@ class EnsembleVAE(KStepTraining, pl.LightningModule):
         if self._noise is not None:
             checkpoint["noise_generator_states"] = [g.get_state() for g in self._noise]
         checkpoint["frozen_members"] = dict(self.frozen)
+        flush_event_files(self.trainer, self.member_writers() or ())  # events survive a kill
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._noise_states, self._noise = checkpoint.get("noise_generator_states"), None
@@ -359,7 +360,7 @@ class EnsembleSummary(pl.Callback):
 
     @torch.no_grad()
     def on_fit_end(self, trainer, pl_module) -> None:
-        from lightning_vae.report import decoder_summary, recovered_both_modes
+        from lightning_vae.runs import decoder_summary, recovered_both_modes
 
         if not trainer.is_global_zero or run_dir(trainer) is None:
             return

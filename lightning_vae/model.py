@@ -13,6 +13,7 @@ from torch import Tensor
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.nets import Decoder, GaussianDecoder, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, Terms
+from lightning_vae.scalars import flush_event_files
 from lightning_vae.steps import KStepTraining
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
@@ -144,6 +145,7 @@ class VAE(KStepTraining, pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._noise is not None:
             checkpoint["noise_generator_state"] = self._noise.get_state()
+        flush_event_files(self.trainer)  # the events up to this checkpoint survive a kill
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._noise_state = checkpoint.get("noise_generator_state")

@@ -1,20 +1,25 @@
 """A report of many runs: ``python -m lightning_vae report <logs dir or sweep dir> [--out DIR]``.
 
-Collects every run directory below the given folder (a folder holding TensorBoard event
-files and a ``config.yaml``), read with TensorBoard's own ``EventAccumulator``, and groups
-runs by configuration: the run's folder relative to the root, without its last part
-(``sweeps/s/noise_std=0.3/seed_4`` -> ``sweeps/s/noise_std=0.3``; ``seed_spread/version_2`` ->
-``seed_spread``). It writes into ``--out`` (default ``<root>/report``):
+Collects every run below the folder (``runs.find_runs``: single runs, ensemble members and
+sweep runs alike; not evaluations or runs a sweep moved aside), read with TensorBoard's own
+``EventAccumulator``, and groups them by configuration (``runs.group_runs``: equal configs
+up to the seed and where they were written, named by their common folder). It writes into
+``--out`` (default ``<root>/report``):
 
-- ``report.md``: per configuration, the mean ± std over seeds of the final metrics, and how
-  many seeds collapsed (decoder variance) or diverged (``lightning_vae.lab.table``);
-- ``loss.png``: train/loss against the optimizer step, one line per configuration (the mean
-  over seeds, a band from the lowest to the highest seed): the seed's ELBO-vs-spread plot;
-- ``decoder_std.png``: the smallest decoder std over the data scale against the step, log axis;
+- ``report.md``: per configuration, the mean ± std over seeds of the final metrics, how
+  many seeds collapsed (decoder variance) or diverged, and, for data with modes, how many
+  recovered every mode (``runs.table``, the sweep's table);
+- ``results.csv``: one row per run: configuration, the settings that vary between the runs
+  (a sweep's grid), seed, status, wall time and every final scalar;
+- ``loss.png``: train/loss against the optimizer step, per configuration the median over
+  seeds with a band from the lowest to the highest seed;
+- ``decoder_std.png``: per axis, the std of the likelihood being trained over the data scale
+  (median and band over seeds), the collapse threshold drawn: the ELBO's crosses it, spread's
+  cannot;
 - ``samples.png``: each configuration's final ``samples/scatter`` figure (its first seed);
 - ``metric_vs_sigma.png``: final MMD^2, distance to the manifold and held-out log p(x) against
-  the spread noise level, mean ± std over seeds (ELBO runs as a dashed line at no noise);
-  only when the runs have more than one noise level.
+  the spread noise level, median and band over seeds (the ELBO as a dashed line at no
+  noise); only when the runs have more than one noise level.
 
 Refuses to overwrite: ``--out`` must not hold a report already.
 """
@@ -22,35 +27,19 @@ Refuses to overwrite: ``--out`` must not hold a report already.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import math
 import statistics
 from pathlib import Path
 
-import yaml
-
-from lightning_vae.lab import final_values, table
-from lightning_vae.report import read_scalars
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories below ``root``: an event file and a ``config.yaml`` side by side. An
-    ensemble's members (``<run>/seed_<s>/``) are runs like single ones; the ensemble's own
-    directory (its ``ensemble_summary.json``) holds only their aggregate, and is skipped."""
-    runs = {p.parent for p in root.rglob("events.out.tfevents.*") if (p.parent / "config.yaml").is_file()}
-    return sorted(r for r in runs if ".incomplete-" not in str(r)
-                  and not (r / "ensemble_summary.json").is_file())
-
-
-def group_of(run: Path, root: Path) -> str:
-    rel = run.relative_to(root)
-    return str(rel.parent) if rel.parent != Path(".") else rel.name
+from lightning_vae import runs as runs_io
 
 
 def noise_level(run: Path) -> float | None:
     """The spread noise std of a run (a schedule: its end value), or None for the ELBO."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    cfg = runs_io.config_of(run)
     objective = (cfg.get("model") or {}).get("objective") or {}
     if "Spread" not in str(objective.get("class_path", "")):
         return None
@@ -60,19 +49,27 @@ def noise_level(run: Path) -> float | None:
     return float(noise_std) if noise_std is not None else None
 
 
+def _seed(run: Path) -> int | None:
+    seed = runs_io.config_of(run).get("seed_everything")
+    return seed if isinstance(seed, int) else None
+
+
+def _band(values: list[float]) -> tuple[float, float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite), min(finite), max(finite)
+
+
 def _curves(groups: dict[str, list[dict]], tag: str):
-    """Per group: steps, mean, min, max of a scalar over its seeds (common steps only)."""
+    """Per group: steps, median, min, max of a scalar over its seeds (common steps only)."""
     out = {}
     for name, runs in groups.items():
         series = [dict(r["scalars"][tag]) for r in runs if tag in r["scalars"]]
         if not series:
             continue
         steps = sorted(set.intersection(*(set(s) for s in series)))
-        values = [[s[t] for s in series] for t in steps]
-        finite = [[v for v in vs if math.isfinite(v)] for vs in values]
-        keep = [i for i, vs in enumerate(finite) if vs]
-        out[name] = ([steps[i] for i in keep], [statistics.mean(finite[i]) for i in keep],
-                     [min(finite[i]) for i in keep], [max(finite[i]) for i in keep], len(series))
+        keep = [t for t in steps if any(math.isfinite(s[t]) for s in series)]
+        bands = [_band([s[t] for s in series]) for t in keep]
+        out[name] = (keep, [b[0] for b in bands], [b[1] for b in bands], [b[2] for b in bands], len(series))
     return out
 
 
@@ -88,28 +85,59 @@ def _pyplot():
 
 def _save(fig, path: Path) -> bool:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return True
 
 
-def _line_plot(groups, tag: str, ylabel: str, path: Path, log: bool = False, symlog: bool = False) -> bool:
+def _line_plot(groups, tag: str, ylabel: str, path: Path) -> bool:
     plt = _pyplot()
     curves = _curves(groups, tag)
     if not curves:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (steps, mean, lo, hi, n) in curves.items():
-        (line,) = ax.plot(steps, mean, label=f"{name} ({n} seeds)")
+    for name, (steps, mid, lo, hi, n) in curves.items():
+        (line,) = ax.plot(steps, mid, label=f"{name} ({n} seeds)")
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    if log:
-        ax.set_yscale("log")
-    if symlog:
-        ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(f"{ylabel} (median, band: min-max over seeds)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _std_axes(groups) -> list[str]:
+    """The axes with per-axis likelihood-std scalars (``decoder/likelihood_std_ratio_<a>``)."""
+    prefix = "decoder/likelihood_std_ratio_"
+    axes = {t[len(prefix):] for rs in groups.values() for r in rs for t in r["scalars"] if t.startswith(prefix)}
+    return sorted(axes, key=lambda a: ("xyz".index(a) if a in "xyz" else 3, a))[:4]
+
+
+def _std_plot(groups, path: Path, threshold: float) -> bool:
+    """Per axis (or the smallest over axes where runs log no per-axis values): the
+    likelihood std over the data scale, median and band over seeds, threshold drawn."""
+    plt = _pyplot()
+    axes = _std_axes(groups)
+    panels = [(f"decoder/likelihood_std_ratio_{a}", f"axis {a}") for a in axes] or \
+             [("decoder/min_likelihood_std_ratio", "smallest over axes and states")]
+    curves = [(_curves(groups, tag), title) for tag, title in panels]
+    if not any(c for c, _ in curves):
+        return False
+    fig, axs = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False, sharey=True)
+    for ax, (found, title) in zip(axs[0], curves):
+        for name, (steps, mid, lo, hi, n) in found.items():
+            (line,) = ax.plot(steps, mid, label=f"{name} ({n})")
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axhline(threshold, color="k", linestyle=":", linewidth=1)
+        ax.annotate(f"collapse threshold {threshold:g}", (0.02, threshold), xycoords=("axes fraction", "data"),
+                    fontsize=7, va="bottom")
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"likelihood std / data scale, {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel("median, band: min-max over seeds")
+    axs[0][-1].legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -152,17 +180,16 @@ def _sigma_plot(groups, path: Path) -> bool:
                ("val/log_px", "held-out log p(x)")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
     for ax, (tag, label) in zip(axes, metrics):
-        means, stds = [], []
-        for s in sigmas:
-            vals = [r["final"].get(tag, math.nan) for r in by_sigma[s]]
-            vals = [v for v in vals if math.isfinite(v)]
-            means.append(statistics.mean(vals) if vals else math.nan)
-            stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        ax.errorbar(sigmas, means, yerr=stds, marker="o", capsize=3, label="spread")
-        elbo = [r["final"].get(tag, math.nan) for r in by_sigma.get(None, [])]
-        elbo = [v for v in elbo if math.isfinite(v)]
+        points = [(s, [r["final"].get(tag, math.nan) for r in by_sigma[s]]) for s in sigmas]
+        points = [(s, _band(v)) for s, v in points if any(math.isfinite(x) for x in v)]
+        if points:
+            xs, bands = zip(*points)
+            mid = [b[0] for b in bands]
+            ax.errorbar(xs, mid, yerr=[[m - b[1] for m, b in zip(mid, bands)], [b[2] - m for m, b in zip(mid, bands)]],
+                        marker="o", capsize=3, label="spread (median, min-max)")
+        elbo = [v for v in (r["final"].get(tag, math.nan) for r in by_sigma.get(None, [])) if math.isfinite(v)]
         if elbo:
-            ax.axhline(statistics.mean(elbo), color="k", linestyle="--", label="ELBO (no noise)")
+            ax.axhline(statistics.median(elbo), color="k", linestyle="--", label="ELBO (no noise), median")
         ax.set_xscale("log")
         ax.set_xlabel("spread noise std sigma")
         ax.set_title(label, fontsize=9)
@@ -171,36 +198,74 @@ def _sigma_plot(groups, path: Path) -> bool:
     return _save(fig, path)
 
 
-def write_report(root: Path, out: Path) -> dict[str, Path]:
-    """Collect the runs under ``root``; write the report into ``out``; return the files."""
-    runs = find_runs(root)
-    if not runs:
+def collect(root: Path) -> dict[str, list[dict]]:
+    """The runs under ``root`` by configuration, each with its scalars, final values,
+    status, wall time, seed, noise level and whether it recovered the data's modes."""
+    found = runs_io.find_runs(root)
+    if not found:
         raise SystemExit(f"report: no runs under {root}; expected run directories with TensorBoard "
                          f"event files and a config.yaml")
-    walls = {}  # a sweep's manifest records each run's wall time
-    for manifest in root.rglob("sweep.json"):
-        for row in json.loads(manifest.read_text()).get("runs", {}).values():
-            walls[Path(row["run"]).resolve()] = row.get("wall_s", math.nan)
     groups: dict[str, list[dict]] = {}
-    for run in runs:
-        scalars = read_scalars(run)  # the event files, read once per run
-        groups.setdefault(group_of(run, root), []).append(
-            {"run": run, "scalars": scalars, "final": final_values(run, scalars), "sigma": noise_level(run),
-             "wall_s": walls.get(run.resolve(), math.nan)})
+    for name, paths in runs_io.group_runs(found, root).items():
+        for run in paths:
+            scalars = runs_io.read_scalars(run)  # the event files, read once per run
+            final = runs_io.final_values(run, scalars)
+            status = runs_io.status_of(run) or {}
+            groups.setdefault(name, []).append({
+                "run": run, "scalars": scalars, "final": final, "sigma": noise_level(run),
+                "seed": _seed(run), "wall_s": status.get("wall_s", math.nan),
+                "status": status.get("status", "diverged" if final["diverged"] else "finished"),
+                "both_modes": runs_io.modes_recovered(run, final)})
+    return groups
+
+
+def write_csv(groups: dict[str, list[dict]], path: Path, root: Path) -> None:
+    """``results.csv``: one row per run (see the module docstring). A row's grid values are
+    its ``grid`` (a sweep's point) where it has one, else the configuration keys that vary
+    between the runs."""
+    every = [r for rs in groups.values() for r in rs]
+    if any("grid" in r for r in every):
+        grid = list(dict.fromkeys(k for r in every for k in r.get("grid", {})))
+        values = [r.get("grid", {}) for r in every]
+    else:
+        grid = runs_io.varying_keys([r["run"] for r in every])
+        values = [runs_io.configuration(r["run"]) for r in every]
+    tags = sorted({k for r in every for k, v in r["final"].items() if not isinstance(v, bool)})
+    head = ["configuration", "run", *grid, "seed", "status", "wall_s", "collapsed", "diverged", "both_modes", *tags]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(head)
+        rows = [(name, r) for name, rs in groups.items() for r in rs]
+        for (name, r), cfg in zip(rows, values):
+            cells = [json.dumps(cfg.get(k), default=str) if isinstance(cfg.get(k), (dict, list)) else cfg.get(k)
+                     for k in grid]
+            run = Path(r["run"])
+            writer.writerow([name, str(run.relative_to(root)) if run.is_relative_to(root) else str(run), *cells,
+                             r["seed"], r["status"], r["wall_s"], r["final"].get("collapsed", ""),
+                             r["final"].get("diverged", ""), "" if r["both_modes"] is None else r["both_modes"],
+                             *[r["final"].get(t, "") for t in tags]])
+
+
+def write_report(root: Path, out: Path, threshold: float = 1e-2) -> dict[str, Path]:
+    """Collect the runs under ``root``; write the report into ``out``; return the files.
+    ``threshold``: the collapse threshold drawn (``decoder_monitor.collapse_ratio``)."""
+    groups = collect(root)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {name: [{**r["final"], "rc": 0, "wall_s": r["wall_s"]} for r in rs] for name, rs in groups.items()}
-    files = {"report.md": out / "report.md"}
+    rows = {name: [{**r["final"], "status": r["status"], "wall_s": r["wall_s"], "both_modes": r["both_modes"]}
+                   for r in rs] for name, rs in groups.items()}
+    files = {"report.md": out / "report.md", "results.csv": out / "results.csv"}
+    write_csv(groups, files["results.csv"], root)
     made = {
-        "loss.png": _line_plot(groups, "train/loss", "train/loss", out / "loss.png", symlog=True),
-        "decoder_std.png": _line_plot(groups, "decoder/min_std_ratio", "min decoder std / data scale",
-                                      out / "decoder_std.png", log=True),
+        "loss.png": _line_plot(groups, "train/loss", "train/loss", out / "loss.png"),
+        "decoder_std.png": _std_plot(groups, out / "decoder_std.png", threshold),
         "samples.png": _samples_plot(groups, out / "samples.png"),
         "metric_vs_sigma.png": _sigma_plot(groups, out / "metric_vs_sigma.png"),
     }
     files.update({name: out / name for name, ok in made.items() if ok})
-    lines = [f"# Report: {root}", "", f"{len(runs)} runs in {len(groups)} configurations "
-             "(mean ± std over seeds; wall time from a sweep's manifest, where there is one).", "",
-             table(rows, label="configuration"), ""]
+    n_runs = sum(len(rs) for rs in groups.values())
+    lines = [f"# Report: {root}", "", f"{n_runs} runs in {len(groups)} configurations "
+             "(mean ± std over seeds; wall time where a sweep recorded it). One row per run: "
+             "[results.csv](results.csv).", "", runs_io.table(rows, label="configuration"), ""]
     lines += [f"![{name}]({name})" for name in files if name.endswith(".png")]
     files["report.md"].write_text("\n".join(lines) + "\n")
     return files

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lightning_vae import config_files
-from lightning_vae.report import recovered_both_modes, summarize
+from lightning_vae.runs import recovered_both_modes, summarize
 
 RUNS = [("FAILURE: plain ELBO", "configs/seed_elbo.yaml"),
         ("FIX: spread ELBO", "configs/seed_spread.yaml")]

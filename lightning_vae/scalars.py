@@ -31,3 +31,17 @@ def log_scalars(trainer: pl.Trainer, values: dict[str, float], step: int) -> Non
             write_scalars(logger.experiment, values, step)
         else:
             logger.log_metrics(values, step=step)
+
+
+def flush_event_files(trainer: pl.Trainer, writers=()) -> None:
+    """Every TensorBoard writer's buffered events to disk (the loggers' and ``writers``),
+    called when a checkpoint is written: a run killed later (SIGKILL, a pre-empted node)
+    then has on disk every event up to the checkpoint it resumes from. The writers buffer
+    otherwise for up to two minutes (rank zero only)."""
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.TensorBoardLogger):
+            logger.experiment.flush()
+    for writer in writers:
+        writer.flush()

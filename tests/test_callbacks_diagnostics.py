@@ -39,7 +39,7 @@ def test_active_units_count_the_dimensions_the_encoder_uses():
 
 
 def test_validation_logs_diagnostics_and_bits_per_dim(runs):
-    from lightning_vae.report import read_scalars
+    from lightning_vae.runs import read_scalars
 
     s = read_scalars(runs["spread"])
     entropy = s["encoder/posterior_entropy"][-1][1]

@@ -24,7 +24,7 @@ from torch import Tensor
 from conftest import CONFIGS, TINY, run_dirs
 from lightning_vae.callbacks import DivergenceGuard
 from lightning_vae.objectives import ELBO, Terms
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 FAST = ["--trainer.check_val_every_n_epoch=1000", "--trainer.num_sanity_val_steps=0"]
 DIVERGE = "seed_elbo_diverge.yaml"  # SGD lr 0.03, constant: NaN loss from step 15 on

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, fit
 
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 START_TIMEOUT_S = 60.0  # server up and both runs loaded (it takes ~1 s on a 2-core CPU)
 STOP_TIMEOUT_S = 15.0

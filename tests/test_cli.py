@@ -15,7 +15,7 @@ from lightning_vae.cli import build_cli
 from lightning_vae.data import ManifoldDataModule
 from lightning_vae.data.manifolds import TwoClusters
 from lightning_vae.model import VAE
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 
 def _events(run_dir):
@@ -104,20 +104,31 @@ def test_checkpoint_round_trip_and_public_api(runs):
 
 
 def test_validate_test_predict(runs, tmp_path):
+    """Evaluations log into the checkpoint's run (<run>/<stage>/version_N) and say where;
+    without a checkpoint under <name>/<stage>/: never as a new training run."""
+    import shutil
+
     from lightning_vae.cli import main
 
-    ckpt = runs["spread"] / "checkpoints" / "last.ckpt"
+    run = tmp_path / "seed_spread" / "version_0"
+    shutil.copytree(runs["spread"], run, symlinks=True)  # the shared run stays as it is
+    ckpt = run / "checkpoints" / "last.ckpt"
     common = ["--config", str(CONFIGS / "seed_spread.yaml"), *TINY[1:],
-              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--ckpt_path={ckpt}"]
+              f"--trainer.logger.init_args.save_dir={tmp_path}"]
     for sub in ("validate", "test", "predict"):
-        main([sub, *common])
-    dirs = run_dirs(tmp_path, "seed_spread")
-    assert len(dirs) == 3  # one directory per run, none overwritten
+        main([sub, *common, f"--ckpt_path={ckpt}"])
+    main(["test", *common])  # an untrained model
+    assert run_dirs(tmp_path, "seed_spread") == [run]  # no new training-run version
+    dirs = [run / sub / "version_0" for sub in ("validate", "test", "predict")]
     assert all((d / "config.yaml").exists() for d in dirs)
     assert "test/log_px" in read_scalars(dirs[1])
+    assert "test/log_px" in read_scalars(tmp_path / "seed_spread" / "test" / "version_0")
     pred = torch.load(dirs[2] / "predictions.pt")
     assert pred["x"].shape == (500, 2) and pred["q_z"].shape == (500, 2)
     assert torch.allclose(pred["q_z"].sum(1), torch.ones(500))
+    from lightning_vae.runs import find_runs
+
+    assert find_runs(tmp_path) == [run]  # the report reads one training run
 
 
 def test_runs_never_overwrite(tmp_path):
@@ -185,7 +196,7 @@ def test_print_config_shows_resolved_config(capsys):
 
 def test_report_summaries_tell_the_story(runs):
     from lightning_vae.reproduce import format_summary
-    from lightning_vae.report import recovered_both_modes, summarize
+    from lightning_vae.runs import recovered_both_modes, summarize
 
     elbo, spread = summarize(runs["elbo"]), summarize(runs["spread"])
     assert elbo["collapse_step"] is not None and spread["collapse_step"] is None
@@ -210,15 +221,6 @@ def test_report_summaries_tell_the_story(runs):
                                  "quality/mode_imbalance": 0.0}, centres)
     assert not recovered_both_modes({**spread, "loc": {"z0": [0.0, 0.0], "z1": [0.05, 0.0]},
                                      "quality/mode_imbalance": 0.0}, centres)
-
-
-def test_seed_ranges():
-    from lightning_vae.seeds import parse_seeds
-
-    assert parse_seeds("0-9") == list(range(10))
-    assert parse_seeds("1,3,5-6") == [1, 3, 5, 6]
-    with pytest.raises(SystemExit, match="--seeds must look like"):
-        parse_seeds("a-b")
 
 
 def test_unexpected_error_is_one_line_with_saved_traceback(tmp_path, monkeypatch, capsys):
@@ -320,8 +322,10 @@ def test_a_csv_logger_run_gets_the_figures_as_png_and_the_hp_finals(tmp_path):
     run = fit("seed_spread.yaml", tmp_path, "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
               "--trainer.logger.init_args.name=seed_spread", "--trainer.max_epochs=4")
     pngs = sorted(p.name for p in (run / "figures").glob("*.png"))
-    # Every 4th epoch (TINY) = the last: the samples and the model's log-density.
-    assert pngs == ["samples_log_density_step0000080.png", "samples_scatter_step0000080.png"]
+    # Every 4th epoch (TINY) = the last: the samples, the model's log-density and posterior;
+    # at the end of training, the decoder std per axis.
+    assert pngs == ["decoder_std_per_axis_step0000080.png", "samples_log_density_step0000080.png",
+                    "samples_posterior_step0000080.png", "samples_scatter_step0000080.png"]
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     finals = {k: v for r in rows for k, v in r.items() if k.startswith("hp/") and v}
     assert {"hp/val_loss", "hp/quality_mmd", "hp/collapse_step", "hp/diverged"} <= set(finals)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, ROOT, run_dirs
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 ARGS = ["--trainer.max_epochs=6", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--data.n_train=5000", "--data.n_val=500", "--data.n_test=500", "--data.batch_size=128",

@@ -15,7 +15,7 @@ from lightning_vae.ensemble import EnsembleVAE
 from lightning_vae.ensemble import main as ensemble_main
 from lightning_vae.model import VAE
 from lightning_vae.nets import DeterministicDecoder
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 ENSEMBLE_TINY = TINY
 
@@ -159,7 +159,8 @@ def test_an_ensemble_refuses_the_recovering_guard_policies(tmp_path, capsys):
 def test_report_reads_ensemble_members_like_single_runs(tmp_path):
     """``python -m lightning_vae report`` on an ensemble: its members are the runs of one
     configuration (their own config.yaml and events), collapse counted per member."""
-    from lightning_vae.study import find_runs, write_report
+    from lightning_vae.report import write_report
+    from lightning_vae.runs import find_runs
 
     ensemble_main(["fit", "--config", str(CONFIGS / "seed_elbo.yaml"), *ENSEMBLE_TINY,
                    "--trainer.max_steps=100", "--trainer.max_epochs=-1", "--sample_quality.n_samples=300",
@@ -169,10 +170,12 @@ def test_report_reads_ensemble_members_like_single_runs(tmp_path):
     assert find_runs(tmp_path) == [run / "seed_0", run / "seed_3"]
     assert "seed_everything: 3" in (run / "seed_3" / "config.yaml").read_text()
     write_report(tmp_path, tmp_path / "report")
-    row = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines()
-               if ln.startswith(f"| ens/{run.name} "))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2/2" and cells[-3] == "2" and cells[-2] == "0", row  # both collapsed, none diverged
+    lines = (tmp_path / "report" / "report.md").read_text().splitlines()
+    head = [c.strip() for c in next(ln for ln in lines if ln.startswith("| configuration")).strip("|").split("|")]
+    row = next(ln for ln in lines if ln.startswith(f"| ens/{run.name} "))
+    cells = dict(zip(head, (c.strip() for c in row.strip("|").split("|"))))
+    assert cells["seeds"] == "2/2" and cells["collapsed"] == "2" and cells["diverged"] == "0", row
+    assert cells["both modes"].endswith("/2"), row  # each member's verdict, from the ensemble's summary
     # Each member's run has its final figure and its HPARAMS session, as a single run's has.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import CONFIGS, run_dirs
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 pytestmark = pytest.mark.slow
 

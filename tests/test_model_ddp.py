@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, ROOT, run_dirs
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 # Float tolerance: DDP averages the two ranks' gradients (an all-reduce), one process the
 # mean over the whole batch; the sums differ in rounding (~1e-7), which 78 Adam steps

@@ -20,7 +20,7 @@ from lightning_vae.latents import CategoricalLatent, GaussianLatent
 from lightning_vae.model import VAE
 from lightning_vae.nets import DeterministicDecoder, DiscreteVAE, GaussianVAE, importance_weights
 from lightning_vae.objectives import ELBO, DenoisingELBO, Objective, SpreadELBO, Terms
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 
 D = 3
 

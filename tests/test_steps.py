@@ -16,7 +16,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from conftest import CONFIGS, TINY, fit, run_dirs
 from lightning_vae.cli import build_cli
 from lightning_vae.model import VAE
-from lightning_vae.report import read_scalars
+from lightning_vae.runs import read_scalars
 from lightning_vae.steps import align_steps_per_batch, trainer_overrides
 
 NO_VAL = ["--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"]

@@ -1,67 +1,133 @@
-"""Sweeps: grid x seeds through the real CLI, recorded, resumable, failures not fatal."""
+"""The runner: configs x grid x seeds, units as ensembles or processes with the same results,
+rerunnable commands for schedulers (skip, resume after a kill), submitit's local executor."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
 from conftest import CONFIGS, ROOT
-from lightning_vae.sweep import parse_grid, point_name
+from lightning_vae.runs import read_scalars
+from lightning_vae.sweep import gpu_slots, parse_grid, parse_seeds, plan, point_name
 
-TINY = ["--trainer.max_epochs=1", "--data.n_train=1024", "--data.n_val=256", "--data.n_test=256",
-        "--data.batch_size=128", "--sample_quality.n_samples=200", "--sample_figure.n_points=100"]
-
-
-def _sweep(root, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lightning_vae", "sweep", "--config",
-                           str(CONFIGS / "seed_spread.yaml"), "--root", str(root), *args, *TINY],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+TINY = ["--trainer.max_epochs=2", "--data.n_train=1024", "--data.n_val=256", "--data.n_test=256",
+        "--data.batch_size=128", "--sample_quality.n_samples=200", "--sample_figure.n_points=100",
+        "--eval_every_n_steps=0"]
+FINALS = ("train/loss", "val/loss", "val/log_px", "quality/mmd", "quality/dist_mean",
+          "decoder/min_likelihood_std_ratio")
 
 
-@pytest.mark.slow  # five fit subprocesses (~45 s): the default suite stays under 5 minutes
-def test_grid_runs_are_recorded_and_a_rerun_skips_finished_ones(tmp_path):
-    grid = ["--grid", "model.objective.init_args.noise_std=0.3,-1", "--seeds", "0", "--name", "s"]
-    first = _sweep(tmp_path, *grid)
-    assert first.returncode == 0, first.stderr[-2000:]
-    manifest = json.loads((tmp_path / "sweeps" / "s" / "sweep.json").read_text())
-    status = {k: r["status"] for k, r in manifest["runs"].items()}
-    assert status == {"noise_std=0.3/seed_0": "finished", "noise_std=-1/seed_0": "failed"}
-    bad = manifest["runs"]["noise_std=-1/seed_0"]
-    assert bad["rc"] == 2 and "noise_std must be >= 0, got -1" in bad["error"]
-    for point in ("noise_std=0.3",):  # a normal run directory
-        run = tmp_path / "sweeps" / "s" / point / "seed_0"
-        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-        assert f"noise_std: {point.split('=')[1]}" in (run / "config.yaml").read_text()
-    assert "noise_std=0.3/seed_0: finished in" in first.stdout  # a summary line per run
-    assert "| noise_std=0.3 | 1/1 |" in first.stdout and "1 finished, 0 diverged, 1 failed" in first.stdout
-
-    # A run cut off mid-way (a directory without a status) is redone, its files moved aside.
-    cut = tmp_path / "sweeps" / "s" / "noise_std=0.3" / "seed_1"
-    cut.mkdir(parents=True)
-    (cut / "events.out.tfevents.partial").write_text("x")
-    again = _sweep(tmp_path, *grid[:2], "--seeds", "0-1", "--name", "s")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "4 runs (2 grid points x 2 seeds), 1 already finished, 3 to run" in again.stdout
-    aside = list(cut.parent.glob("seed_1.incomplete-*"))
-    assert len(aside) == 1 and (aside[0] / "events.out.tfevents.partial").read_text() == "x"
-    runs = json.loads((tmp_path / "sweeps" / "s" / "sweep.json").read_text())["runs"]
-    assert runs["noise_std=0.3/seed_1"]["status"] == "finished" and len(runs) == 4
+def _sweep(root, *args: str, env: dict | None = None, config: str = "seed_spread.yaml") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lightning_vae", "sweep", "--config", str(CONFIGS / config),
+                           "--root", str(root), *args, "--", *TINY],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **(env or {})})
 
 
-def test_dry_run_prints_one_fit_command_per_run(tmp_path):
-    out = _sweep(tmp_path, "--grid", "model.hidden=16,32", "--grid", "data.batch_size=64,128",
-                 "--seeds", "0-2", "--dry_run")
+def _results(path) -> dict[tuple[str, str], dict]:
+    with open(path) as f:
+        return {(r["configuration"], r["seed"]): r for r in csv.DictReader(f)}
+
+
+def test_a_unit_gives_the_same_results_as_an_ensemble_and_as_processes(tmp_path):
+    args = ["--grid", "model.objective.init_args.noise_std=0.2", "--seeds", "0-1", "--name", "s"]
+    ens = _sweep(tmp_path / "ens", *args)
+    assert ens.returncode == 0, ens.stderr[-2000:]
+    assert "2 runs (1 units x 2 seeds; one ensemble per unit), 0 already finished, 2 to run" in ens.stdout
+    procs = _sweep(tmp_path / "procs", *args, "--seeds_as", "processes")
+    assert procs.returncode == 0, procs.stderr[-2000:]
+    assert "one process per seed" in procs.stdout
+    a = _results(tmp_path / "ens" / "sweeps" / "s" / "results.csv")
+    b = _results(tmp_path / "procs" / "sweeps" / "s" / "results.csv")
+    assert set(a) == set(b) == {("noise_std=0.2", s) for s in ("0", "1")}
+    for key in a:
+        assert a[key]["status"] == b[key]["status"] == "finished"
+        assert a[key]["model.objective.init_args.noise_std"] == key[0].split("=")[1]
+        for tag in FINALS:  # float rounding of batched matrix products only
+            assert float(a[key][tag]) == pytest.approx(float(b[key][tag]), rel=1e-3, abs=1e-4), (key, tag)
+    # The same run directories either way, and the sweep's table says the same.
+    for p in ("noise_std=0.2",):
+        for s in (0, 1):
+            for root in ("ens", "procs"):
+                run = tmp_path / root / "sweeps" / "s" / p / f"seed_{s}"
+                assert f"seed_everything: {s}" in (run / "config.yaml").read_text()
+    rows = [ln for ln in ens.stdout.splitlines() if ln.startswith("| noise_std=0.2 |")]
+    assert rows and rows[0].split(" | ")[1] == "2/2"
+    head = next(ln for ln in ens.stdout.splitlines() if ln.startswith("| grid point |")).split(" | ")
+    assert "both modes" in head  # the seed data has modes: each run's verdict, counted
+
+
+def test_dry_run_commands_rerun_safely_and_resume_a_killed_unit(tmp_path):
+    """Each printed command is the runner restricted to one unit: killed mid-run, the same
+    command resumes it from its checkpoint; run again, it is a no-op."""
+    out = _sweep(tmp_path, "--seeds", "0-1", "--name", "d", "--dry_run",
+                 "--trainer.callbacks+=killer.KillAtStep")  # TINY: 2 epochs of 8 steps
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 12 and all(" -m lightning_vae fit --config " in ln for ln in lines)
-    assert sum("--model.hidden=32 --data.batch_size=64 --seed_everything=2" in ln for ln in lines) == 1
-    assert not (tmp_path / "sweeps").exists()
+    (line,) = out.stdout.strip().splitlines()
+    assert "--unit base" in line and not (tmp_path / "sweeps").exists()
+    cmd = shlex.split(line)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**env, "LVAE_KILL_AT_STEP": "12"})  # after the checkpoint at step 8
+    assert killed.returncode == 1 and "FAILED (exit -9)" in killed.stdout, killed.stdout + killed.stderr[-2000:]
+    resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-2000:]
+    assert resumed.stdout.count("finished (resumed from") == 2, resumed.stdout
+    unit = tmp_path / "sweeps" / "d" / "base"
+    assert len(list(unit.parent.glob("base.incomplete-*"))) == 1  # the killed attempt, kept
+    for s in (0, 1):
+        status = json.loads((unit / f"seed_{s}" / "sweep_status.json").read_text())
+        assert status["status"] == "finished" and "incomplete" in status["resumed_from"]
+        # The resumed run starts at step 8: epoch 1's validation (x = 7) is the killed
+        # attempt's, carried over (flushed to disk with its checkpoint).
+        assert sorted({step for step, _ in read_scalars(unit / f"seed_{s}")["val/loss"]}) == [7, 15]
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert again.returncode == 0 and again.stdout.count("already finished: skipped") == 2, again.stdout
+    assert len(list(unit.parent.glob("base.incomplete-*"))) == 1  # nothing moved, nothing rerun
 
 
-def test_grid_parsing():
+@pytest.mark.slow  # two submitit tasks of 2-seed ensembles (~50 s)
+def test_submitit_local_executor_runs_the_units_and_the_report_reads_them(tmp_path):
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install submitit): "
+                                           "--launcher submitit cannot be tested")
+    out = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=0.2,0.5", "--seeds", "0-1",
+                 "--name", "sub", "--launcher", "submitit", "--submitit", "cluster=local",
+                 "--submitit", "timeout_min=10")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "submitit (local): 2 tasks" in out.stdout and "4 finished, 0 diverged, 0 failed" in out.stdout
+    report = subprocess.run([sys.executable, "-m", "lightning_vae", "report", str(tmp_path / "sweeps" / "sub")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "sweeps" / "sub" / "report" / "report.md").read_text()
+    assert "4 runs in 2 configurations" in text and "| noise_std=0.2 | 2/2 |" in text
+
+
+def test_plan_names_units_by_experiment_and_point(tmp_path):
+    own = tmp_path / "own_model.yaml"
+    own.write_text("model:\n  class_path: mypkg.MyModel\n")
+    slots = [[str(CONFIGS / "circle_elbo.yaml"), str(own)], [str(CONFIGS / "trainer" / "cpu.yaml")]]
+    units = plan(slots, {"data.batch_size": ["64", "128"]}, [0, 1], ensemble=True)
+    assert [u.key for u in units] == ["circle_elbo/batch_size=64", "circle_elbo/batch_size=128",
+                                      "own_model/batch_size=64", "own_model/batch_size=128"]
+    assert [u.ensemble for u in units] == [True, True, False, False]  # a user's model: processes
+    assert all(u.configs[1].endswith("cpu.yaml") for u in units)  # a second --config composes
+    assert [u.key for u in plan([[str(CONFIGS / "seed_elbo.yaml")]], {}, [0], True)] == ["base"]
+    with pytest.raises(SystemExit, match="distinct file names"):
+        plan([[str(CONFIGS / "seed_elbo.yaml"), str(CONFIGS / "seed_elbo.yaml")]], {}, [0], True)
+
+
+def test_each_local_job_gets_its_own_gpu_round_robin():
+    assert gpu_slots(3, ["0", "1"]) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"},
+                                        {"CUDA_VISIBLE_DEVICES": "0"}]
+    assert gpu_slots(2, []) == [{}, {}]  # no GPUs: nothing set
+
+
+def test_grid_and_seed_parsing():
     assert parse_grid(["a.b=1,2", "c=x"]) == {"a.b": ["1", "2"], "c": ["x"]}
     assert point_name({"model.objective.init_args.noise_std": "0.3", "data.batch_size": "64"}) == \
         "noise_std=0.3,batch_size=64"
@@ -70,3 +136,33 @@ def test_grid_parsing():
             parse_grid([bad])
     with pytest.raises(SystemExit, match="given twice"):
         parse_grid(["a=1", "a=2"])
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("1,3,5-6") == [1, 3, 5, 6]
+    for bad in ("a-b", "1,1"):
+        with pytest.raises(SystemExit, match="--seeds must"):
+            parse_seeds(bad)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--config", "missing.yaml"], "--config must be an existing YAML file or a packaged config"),
+    (["--config", "seed_elbo", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--config", "seed_elbo", "--name", "a/b"], "--name must be a folder name"),
+    (["--config", "seed_elbo", "--unit", "nope"], "--unit must be one of this sweep's units \\(base\\)"),
+    (["--config", "seed_elbo", "--launcher", "submitit", "--submitit", "bad"], "--submitit must look like key=value"),
+])
+def test_bad_arguments_are_one_line(args, match, tmp_path):
+    from lightning_vae.sweep import main
+
+    with pytest.raises(SystemExit, match=match):
+        main([*args, "--root", str(tmp_path)])
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_grid_key_can_belong_to_one_config():
+    """The study in one sweep: the ELBO alone, the spread ELBO at three noise levels."""
+    slots = [[str(CONFIGS / "seed_elbo.yaml"), str(CONFIGS / "seed_spread.yaml")]]
+    units = plan(slots, {"seed_spread:model.objective.init_args.noise_std": ["0.1", "0.3"]}, [0], True)
+    assert [u.key for u in units] == ["seed_elbo", "seed_spread/noise_std=0.1", "seed_spread/noise_std=0.3"]
+    assert units[1].point == {"model.objective.init_args.noise_std": "0.1"} and units[0].point == {}
+    with pytest.raises(SystemExit, match="must name one of the configs \\(seed_elbo, seed_spread\\), got 'nope'"):
+        plan(slots, {"nope:model.hidden": ["16"]}, [0], True)
