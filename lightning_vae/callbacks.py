@@ -160,7 +160,12 @@ def run_dir(trainer: pl.Trainer) -> str | None:
     logger = trainer.loggers[0]
     if isinstance(logger, (pl.loggers.TensorBoardLogger, pl.loggers.CSVLogger)):
         return logger.log_dir
-    return logger.save_dir
+    # Other loggers (W&B, MLflow, ...): where Lightning puts the run's checkpoints,
+    # <save_dir>/<name>/<version>, so that each run's figures are its own.
+    save_dir, name, version = logger.save_dir, logger.name, logger.version
+    if save_dir is None or name is None or version is None:
+        return save_dir
+    return str(Path(save_dir) / str(name) / str(version))
 
 
 def _run_dirs(trainer, pl_module) -> list[Path] | None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_vae import config_files, preflight
 from lightning_vae.callbacks import (
@@ -257,8 +258,9 @@ class VAECLI(LightningCLI):
         trainer = self.trainer
         log_dir = run_dir(trainer)  # not trainer.log_dir: a collective, and DDP is over here
         if trainer.is_global_zero and log_dir is not None:
-            logging.getLogger("lightning_vae").info(
-                f"run directory: {log_dir}\n  inspect: {tensorboard_command(log_dir)}")
+            tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+            hint = f"\n  inspect: {tensorboard_command(log_dir)}" if tensorboard else ""
+            logging.getLogger("lightning_vae").info(f"run directory: {log_dir}{hint}")
 
     def _say_where(self) -> None:
         """An evaluation says where it logged (``eval_logger_dir``)."""
@@ -356,6 +358,30 @@ def eval_logger_dir(cfg: Namespace, stage: str) -> None:
         init["name"] = f"{init['name'] or 'default'}/{stage}"
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """``config.yaml`` into the run's own directory (``callbacks.run_dir``), never over an
+    existing one. Lightning's writes it to ``trainer.log_dir``, which is the run directory
+    for TensorBoard and CSV but the shared ``save_dir`` for other loggers (W&B, MLflow),
+    so there a second run refused to start. Rank zero only (``save_config``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers[:1]:
+            logger.experiment  # noqa: B018 - a W&B or MLflow run gets its id (the folder) here
+        log_dir = run_dir(trainer)
+        if log_dir is None:
+            return
+        path = Path(log_dir) / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise bad_input(FileExistsError, f"trainer.logger: {path} exists; expected a new run directory "
+                                             f"(another logger version or save_dir)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=self.overwrite,
+                         multifile=self.multifile)
+
+
 def tensorboard_command(logdir: str | Path) -> str:
     """The command that opens TensorBoard on ``logdir``: the ``tensorboard`` script next to
     this Python (a virtualenv's, which works without activating it), else ``tensorboard``."""
@@ -410,6 +436,7 @@ def build_cli(args: list[str] | None = None, run: bool = True, cli_class=None, m
         seed_everything_default=0,
         trainer_defaults=TRAINER_DEFAULTS,
         parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_callback=RunConfigSaver,
         auto_configure_optimizers=False,
     )
 

@@ -17,9 +17,10 @@ import math
 import statistics
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
-from lightning_vae.callbacks import SampleQuality, axis_name
+if TYPE_CHECKING:  # torch and Lightning load on first use: planning a sweep needs neither
+    import torch
 
 STATUS_FILE = "sweep_status.json"  # a sweep's record of how a run ended (lightning_vae/sweep.py)
 EVAL_STAGES = ("validate", "test", "predict")  # evaluations write <run>/<stage>/version_N
@@ -88,6 +89,8 @@ def _load(run_dir: Path):
 
 def decoder_summary(loc: torch.Tensor, scale: torch.Tensor) -> dict:
     """``{"loc": {"z0": [..], ..}, "std": {"z0": {"x": .., "y": ..}, ..}}`` from ``(K, D)``."""
+    from lightning_vae.callbacks import axis_name
+
     dim = loc.shape[1]
     return {"loc": {f"z{k}": [float(v) for v in loc[k]] for k in range(len(loc))},
             "std": {f"z{k}": {axis_name(d, dim): float(scale[k, d]) for d in range(dim)}
@@ -96,6 +99,10 @@ def decoder_summary(loc: torch.Tensor, scale: torch.Tensor) -> dict:
 
 def summarize(run_dir: str | Path) -> dict:
     """Numbers that tell a single run's story: final loss, decoder params, quality, collapse."""
+    import torch
+
+    from lightning_vae.callbacks import SampleQuality
+
     run_dir = Path(run_dir)
     scalars = read_scalars(run_dir)
     model, dm = _load(run_dir)
@@ -124,6 +131,8 @@ def recovered_both_modes(summary: dict, centres: torch.Tensor, tol: float = 0.25
                          max_imbalance: float = 0.04) -> bool:
     """Both modes recovered: one decoder mean within ``tol`` of each centre, and the clean
     samples split evenly (chi-square imbalance <= 0.04, i.e. fractions within 0.5 +- 0.1)."""
+    import torch
+
     locs = torch.tensor([v for v in summary["loc"].values()])  # (K, D)
     d = torch.cdist(centres, locs)  # (C, K)
     hit_each_centre = bool((d.min(dim=1).values < tol).all())
@@ -146,6 +155,8 @@ def modes_recovered(run_dir: Path, final: dict) -> bool | None:
         model, dm = _load(run_dir)
     except Exception:  # noqa: BLE001 - no (loadable) checkpoint: unknown, not an error
         return None
+    import torch
+
     centres = getattr(dm.manifold, "centres", None)
     if centres is None or not hasattr(model, "decoder_params"):
         return None

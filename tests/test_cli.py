@@ -334,6 +334,41 @@ def test_a_csv_logger_run_gets_the_figures_as_png_and_the_hp_finals(tmp_path):
     assert not list(run.glob("events.out.tfevents*"))  # no TensorBoard involved
 
 
+@pytest.mark.slow  # W&B's offline service starts per run (~10 s)
+def test_a_wandb_offline_run_gets_the_figures_and_the_hp_finals(tmp_path, monkeypatch):
+    """W&B (offline: no network): each run's figures as PNGs in its own directory (next to
+    its checkpoints and config.yaml, so two runs never share one) and as W&B images; the
+    final hp/* values and HPARAMS through the logger."""
+    pytest.importorskip("wandb", reason="wandb is not installed: the W&B logger path is not tested")
+    from lightning_vae.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *TINY[1:], "--trainer.max_epochs=4",
+            "--trainer.logger=pytorch_lightning.loggers.WandbLogger", "--trainer.logger.init_args.offline=true",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.project=lvae"]
+    wandb = pytest.importorskip("wandb")
+    main(args)
+    wandb.finish()  # in one process W&B would otherwise log the next run into this one
+    main(args)  # a second run in the same save_dir: its own directory
+    wandb.finish()
+    runs = sorted(p for p in (tmp_path / "lvae").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").exists()
+        assert sorted(p.name for p in (run / "figures").glob("*.png")) == [
+            "decoder_std_per_axis_step0000080.png", "samples_log_density_step0000080.png",
+            "samples_posterior_step0000080.png", "samples_scatter_step0000080.png"]
+        (offline,) = (tmp_path / "wandb").glob(f"offline-run-*-{run.name}")
+        media = {p.parent.name + "/" + p.name.rsplit("_", 2)[0] for p in (offline / "files" / "media").rglob("*.png")}
+        assert media == {"samples/scatter", "samples/log_density", "samples/posterior", "decoder/std_per_axis"}
+        # The run's records (W&B's binary log): the final values went through the logger.
+        records = next(offline.glob("run-*.wandb")).read_bytes()
+        for key in (b"hp/val_loss", b"hp/quality_mmd", b"hp/collapse_step", b"hp/diverged", b"train/loss"):
+            assert key in records, key
+
+
 def test_an_unimportable_user_module_is_named_with_its_error(tmp_path, monkeypatch, capsys):
     from lightning_vae.cli import main
 
