@@ -216,6 +216,21 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+def _drop_failure_records(run_dir: Path) -> None:
+    """Before a rerun: a directory that holds nothing but the status records of a run that
+    failed before it wrote anything (``run_job`` keeps the failure there) is removed, not
+    moved aside: there is nothing of the run to keep."""
+    if not run_dir.is_dir():
+        return
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    if files and all(p.name == STATUS_FILE for p in files):
+        for p in files:
+            p.unlink()
+        for d in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            d.rmdir()
+        run_dir.rmdir()
+
+
 def _resume_point(aside: Path, job: Job) -> Path | None:
     """The newest checkpoint of a cut-off attempt that this job can resume from: its
     ``last.ckpt`` (or a SLURM requeue's ``hpc_ckpt_*.ckpt``), readable, of the same seeds."""
@@ -261,6 +276,7 @@ def run_job(job: Job) -> list[dict]:
                 for s, d in job.members]
     run_dir = Path(job.run_dir)
     cmd, resumed = list(job.cmd), None
+    _drop_failure_records(run_dir)
     aside = _move_aside(run_dir) if run_dir.exists() else None
     if aside is not None:
         resumed = _resume_point(aside, job)
@@ -289,7 +305,8 @@ def run_job(job: Job) -> list[dict]:
             row["status"] = "failed"
             row["error"] = _error_line(proc.stderr, proc.returncode) if proc.returncode else \
                 f"exit 0 but no run directory {member}"
-        if member.is_dir():
+        if member.is_dir() or row["status"] == "failed":  # a run that failed before it began: its record
+            member.mkdir(parents=True, exist_ok=True)
             (member / STATUS_FILE).write_text(json.dumps(row))
         rows.append({"key": job.key, "seed": seed, "run": d, "ensemble": job.ensemble, **row})
     return rows

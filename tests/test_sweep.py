@@ -166,3 +166,19 @@ def test_a_grid_key_can_belong_to_one_config():
     assert units[1].point == {"model.objective.init_args.noise_std": "0.1"} and units[0].point == {}
     with pytest.raises(SystemExit, match="must name one of the configs \\(seed_elbo, seed_spread\\), got 'nope'"):
         plan(slots, {"nope:model.hidden": ["16"]}, [0], True)
+
+
+def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
+    out = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "0 finished, 0 diverged, 2 failed" in out.stdout
+    runs = json.loads((tmp_path / "sweeps" / "f" / "sweep.json").read_text())["runs"]
+    assert set(runs) == {"noise_std=-1/seed_0", "noise_std=-1/seed_1"}
+    assert all(r["status"] == "failed" for r in runs.values())
+    stderr = (tmp_path / "sweeps" / "f" / "noise_std=-1.stderr.txt").read_text()
+    assert "noise_std must be >= 0, got -1" in stderr  # the fit's own one-line error, kept
+    assert "noise_std must be >= 0, got -1" in out.stdout  # and in the summary line
+    # Rerun: failed runs are redone (no moved-aside copies of a run that never began).
+    again = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
+    assert "0 already finished, 2 to run" in again.stdout and "2 failed" in again.stdout
+    assert not list((tmp_path / "sweeps" / "f").glob("*.incomplete-*"))
