@@ -32,6 +32,7 @@ from lightning_vae.data import ManifoldDataModule
 from lightning_vae.errors import USER_ERRORS, BuiltClass, bad_input, keyed_error, one_line, translate
 from lightning_vae import steps
 from lightning_vae.model import VAE
+from lightning_vae.runs import EVAL_STAGES
 
 LOG_ROOT = "logs"
 TRACEBACK_ENV = "LVAE_TRACEBACK"  # set to 1 to see the full traceback of an error
@@ -336,9 +337,6 @@ class VAECLI(LightningCLI):
             self.trainer.logger, self.trainer.default_root_dir,
             version_given=preflight.logger_version_given(cfg.get("trainer")),
             checkpoint_dirpath=getattr(callback, "dirpath", None) if self.subcommand == "fit" else None)
-
-
-EVAL_STAGES = ("validate", "test", "predict")
 
 
 def eval_logger_dir(cfg: Namespace, stage: str) -> None:

@@ -27,8 +27,8 @@ redone. Each unit's ``fit`` has its own ``trainer.default_root_dir`` (its run di
 Lightning's SLURM requeue checkpoints of different tasks never collide.
 
 **Launchers.** Locally, ``--jobs`` units run side by side (one intra-op thread each when they
-share the cores; on a machine with GPUs, each job is given its own, round-robin through
-``CUDA_VISIBLE_DEVICES``). ``--dry_run`` prints one command per unit and runs nothing: each
+share the cores; on a machine with GPUs, the GPUs are dealt to the job slots round-robin
+through ``CUDA_VISIBLE_DEVICES``, ``gpu_slots``). ``--dry_run`` prints one command per unit and runs nothing: each
 command is this runner restricted to that unit (``--unit``), so it can run any number of
 times, anywhere (a scheduler's array task, a requeue): a finished unit is a no-op, a cut-off
 one resumes. ``--launcher submitit`` submits the units as a job array through submitit
@@ -328,11 +328,15 @@ def visible_gpus() -> list[str]:
 
 
 def gpu_slots(jobs: int, gpus: list[str]) -> list[dict[str, str]]:
-    """The environment of each of ``jobs`` local job slots: on a machine with GPUs, slot i
-    sees GPU i mod n only (``CUDA_VISIBLE_DEVICES``); without GPUs, nothing set."""
+    """The environment of each of ``jobs`` local job slots (``CUDA_VISIBLE_DEVICES``): the
+    GPUs dealt round-robin, so slot i sees GPUs i, i + jobs, ... (a one-device run takes
+    the first; a unit whose preset asks for more finds its share); with fewer GPUs than
+    jobs, slot i sees GPU i mod n. Without GPUs, nothing is set."""
     if not gpus:
         return [{} for _ in range(jobs)]
-    return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(jobs)]
+    if len(gpus) < jobs:
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(jobs)]
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i::jobs])} for i in range(jobs)]
 
 
 def run_local(jobs: list[Job], n_jobs: int, on_done) -> None:

@@ -34,6 +34,7 @@ def _results(path) -> dict[tuple[str, str], dict]:
         return {(r["configuration"], r["seed"]): r for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow  # five processes (~30-45 s); tests/test_ensemble.py checks the members' weights in-process
 def test_a_unit_gives_the_same_results_as_an_ensemble_and_as_processes(tmp_path):
     args = ["--grid", "model.objective.init_args.noise_std=0.2", "--seeds", "0-1", "--name", "s"]
     ens = _sweep(tmp_path / "ens", *args)
@@ -124,6 +125,7 @@ def test_plan_names_units_by_experiment_and_point(tmp_path):
 def test_each_local_job_gets_its_own_gpu_round_robin():
     assert gpu_slots(3, ["0", "1"]) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"},
                                         {"CUDA_VISIBLE_DEVICES": "0"}]
+    assert gpu_slots(2, ["0", "1", "2", "3"]) == [{"CUDA_VISIBLE_DEVICES": "0,2"}, {"CUDA_VISIBLE_DEVICES": "1,3"}]
     assert gpu_slots(2, []) == [{}, {}]  # no GPUs: nothing set
 
 
@@ -171,7 +173,7 @@ def test_a_grid_key_can_belong_to_one_config():
 def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     out = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "0 finished, 0 diverged, 2 failed" in out.stdout
+    assert "0 finished, 0 diverged, 2 failed" in out.stdout  # one ensemble of two: both its runs
     runs = json.loads((tmp_path / "sweeps" / "f" / "sweep.json").read_text())["runs"]
     assert set(runs) == {"noise_std=-1/seed_0", "noise_std=-1/seed_1"}
     assert all(r["status"] == "failed" for r in runs.values())
