@@ -432,6 +432,29 @@ def write_results(by_unit: dict[str, list[dict]], sweep_dir: Path, meta: dict) -
     return runs_io.table(rows, label="grid point")
 
 
+def _digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _check_same_settings(sweep_dir: Path, settings: dict) -> None:
+    """A sweep resumes only with the settings that every run of it had (its configs' text
+    and the extra ``fit`` arguments; seeds and grid points may be added): otherwise its
+    finished runs would be skipped as if they were runs of the new settings."""
+    path = sweep_dir / "sweep.json"
+    try:
+        before = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return
+    changed = [k for k in settings if k in before and before[k] != settings[k]]
+    if changed:
+        what = " and ".join("the configs' contents" if k == "config_sha256" else "the extra fit arguments"
+                            for k in changed)
+        raise SystemExit(f"--name {sweep_dir.name}: this sweep ran with other settings ({what} differ from "
+                         f"{path}); expected the same configs and fit arguments to resume it, or a new --name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lightning-vae sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -471,13 +494,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
     grid, seeds = parse_grid(args.grid), parse_seeds(args.seeds)
     params = parse_submitit(args.submitit)
-    name = args.name or "+".join(Path(c).stem for c in slots[0])
+    name = args.name or "+".join(Path(c).stem for slot in slots for c in slot)
     if not re.fullmatch(r"[\w.=,+-]+", name):
         raise SystemExit(f"--name must be a folder name (letters, digits, . = , + - _), got {name!r}")
     root = Path(args.root)
     sweep_dir = root / "sweeps" / name
     units = plan(slots, grid, seeds, args.seeds_as == "ensemble")
     jobs = jobs_of(units, root, name, extra)
+    settings = {"config_sha256": [[_digest(c) for c in slot] for slot in slots], "extra": extra}
+    if not args.dry_run:
+        _check_same_settings(sweep_dir, settings)
     if args.unit is not None:
         chosen = [j for j in jobs if j.key == args.unit]
         if not chosen:
@@ -502,12 +528,16 @@ def main(argv: list[str] | None = None) -> None:
         "one process per seed" if not any(u.ensemble for u in units) else "ensembles where the model allows"
     print(f"sweep {name}: {n_runs} runs ({len(units)} units x {len(seeds)} seeds; {how}), "
           f"{n_done} already finished, {n_runs - n_done} to run; runs in {sweep_dir}", flush=True)
-    meta = {"configs": slots, "grid": grid, "seeds": seeds, "seeds_as": args.seeds_as, "extra": extra}
+    meta = {"configs": slots, "grid": grid, "seeds": seeds, "seeds_as": args.seeds_as, **settings}
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"sweep {name}", unit="unit", file=sys.stderr)
 
     def on_done(rows: list[dict]) -> None:
+        failed = {r.get("error") for r in rows if r.get("status") == "failed"}
+        if len(rows) > 1 and len(failed) == 1 and all(r.get("status") == "failed" for r in rows):
+            bar.write(f"{rows[0]['key']} ({len(rows)} seeds): {_summary(rows[0], {})}", file=sys.stdout)
+            rows = []  # an ensemble that failed as one: one line
         for row in rows:
             values = runs_io.final_values(Path(row["run"])) if row.get("status") in DONE else {}
             label = row["key"] if not row["ensemble"] else f"{row['key']}/seed_{row['seed']}"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import CONFIGS, ROOT
 from lightning_vae.runs import read_scalars
-from lightning_vae.sweep import gpu_slots, parse_grid, parse_seeds, plan, point_name
+from lightning_vae.sweep import _digest, gpu_slots, parse_grid, parse_seeds, plan, point_name
 
 TINY = ["--trainer.max_epochs=2", "--data.n_train=1024", "--data.n_val=256", "--data.n_test=256",
         "--data.batch_size=128", "--sample_quality.n_samples=200", "--sample_figure.n_points=100",
@@ -184,3 +184,22 @@ def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     again = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
     assert "0 already finished, 2 to run" in again.stdout and "2 failed" in again.stdout
     assert not list((tmp_path / "sweeps" / "f").glob("*.incomplete-*"))
+
+
+def test_a_sweep_resumes_only_with_its_own_settings(tmp_path):
+    """A rerun with other fit arguments (or edited configs) would skip finished runs of the
+    old settings as if they were new: refused in one line, nothing touched."""
+    from lightning_vae.sweep import main
+
+    sweep_dir = tmp_path / "sweeps" / "s"
+    sweep_dir.mkdir(parents=True)
+    config = str(CONFIGS / "seed_spread.yaml")
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "config_sha256": [[_digest(config)]],
+        "extra": ["--trainer.max_epochs=2"], "runs": {}}))
+    with pytest.raises(SystemExit, match="this sweep ran with other settings \\(the extra fit arguments differ"):
+        main(["--config", config, "--name", "s", "--root", str(tmp_path), "--", "--trainer.max_epochs=3"])
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
+    out = main(["--config", config, "--name", "s", "--root", str(tmp_path), "--dry_run", "--",
+                "--trainer.max_epochs=3"])  # a dry run writes and checks nothing
+    assert out is None
