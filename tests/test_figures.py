@@ -413,6 +413,7 @@ def test_run_in_r3_writes_the_new_figures_and_per_axis_scalars(circle_run):
     assert all(v >= floor * (1 - 1e-6) for a in "xyz" for v in s[f"decoder/likelihood_std_ratio_{a}"].values())
 
 
+@pytest.mark.slow  # a fit and its resume (~13 s); the state-dict round trip is tested above
 def test_history_survives_a_resume(tmp_path):
     from lightning_vae.cli import main
 

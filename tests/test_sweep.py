@@ -180,10 +180,20 @@ def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     stderr = (tmp_path / "sweeps" / "f" / "noise_std=-1.stderr.txt").read_text()
     assert "noise_std must be >= 0, got -1" in stderr  # the fit's own one-line error, kept
     assert "noise_std must be >= 0, got -1" in out.stdout  # and in the summary line
-    # Rerun: failed runs are redone (no moved-aside copies of a run that never began).
-    again = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
-    assert "0 already finished, 2 to run" in again.stdout and "2 failed" in again.stdout
-    assert not list((tmp_path / "sweeps" / "f").glob("*.incomplete-*"))
+    # A rerun redoes them; the records of runs that never began are dropped, not moved aside.
+    from lightning_vae.sweep import _drop_failure_records
+
+    unit = tmp_path / "sweeps" / "f" / "noise_std=-1"
+    assert sorted(p.relative_to(unit).as_posix() for p in unit.rglob("*.json")) == [
+        "seed_0/sweep_status.json", "seed_1/sweep_status.json"]
+    _drop_failure_records(unit)
+    assert not unit.exists()
+    kept = tmp_path / "kept"
+    (kept / "seed_0").mkdir(parents=True)
+    (kept / "seed_0" / "sweep_status.json").write_text("{}")
+    (kept / "seed_0" / "events.out.tfevents.1").write_text("x")  # a run that began: left for move-aside
+    _drop_failure_records(kept)
+    assert (kept / "seed_0" / "events.out.tfevents.1").exists()
 
 
 def test_a_sweep_resumes_only_with_its_own_settings(tmp_path):
