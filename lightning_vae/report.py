@@ -251,8 +251,6 @@ def write_report(root: Path, out: Path, threshold: float = 1e-2) -> dict[str, Pa
     ``threshold``: the collapse threshold drawn (``decoder_monitor.collapse_ratio``)."""
     groups = collect(root)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {name: [{**r["final"], "status": r["status"], "wall_s": r["wall_s"], "both_modes": r["both_modes"]}
-                   for r in rs] for name, rs in groups.items()}
     files = {"report.md": out / "report.md", "results.csv": out / "results.csv"}
     write_csv(groups, files["results.csv"], root)
     made = {
@@ -265,7 +263,7 @@ def write_report(root: Path, out: Path, threshold: float = 1e-2) -> dict[str, Pa
     n_runs = sum(len(rs) for rs in groups.values())
     lines = [f"# Report: {root}", "", f"{n_runs} runs in {len(groups)} configurations "
              "(mean ± std over seeds; wall time where a sweep recorded it). One row per run: "
-             "[results.csv](results.csv).", "", runs_io.table(rows, label="configuration"), ""]
+             "[results.csv](results.csv).", "", runs_io.table(groups, label="configuration"), ""]
     lines += [f"![{name}]({name})" for name in files if name.endswith(".png")]
     files["report.md"].write_text("\n".join(lines) + "\n")
     return files

@@ -293,18 +293,21 @@ def _stat(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(results: dict[str, list[dict]], label: str = "config") -> str:
-    """Markdown: one row per configuration (or grid point), mean ± std over its seeds, how
-    many collapsed or diverged, and, for data with modes, how many recovered every mode."""
-    modes = any(r.get("both_modes") is not None for runs in results.values() for r in runs)
+def table(groups: dict[str, list[dict]], label: str = "config") -> str:
+    """Markdown: one row per configuration (or grid point), mean ± std over its seeds of
+    the final metrics, how many runs collapsed or diverged, and, for data with modes, how
+    many recovered every mode. Each run is a row as the report and the sweep collect them:
+    ``final`` (``final_values``), ``status``, ``wall_s``, ``both_modes``; only finished and
+    diverged runs count towards the numbers ("seeds": those of all planned)."""
+    modes = any(r.get("both_modes") is not None for runs in groups.values() for r in runs)
     head = [label, "seeds", *[c[1] for c in COLUMNS], "collapsed", "diverged",
             *(["both modes"] if modes else []), "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for config, runs in results.items():
-        ok = [r for r in runs if r.get("status", "finished") != "failed"]
+    for config, runs in groups.items():
+        ok = [r for r in runs if r.get("status") in ("finished", "diverged")]
         cells = [config, f"{len(ok)}/{len(runs)}"]
-        cells += [_stat([r.get(tag) for r in ok], fmt) for tag, _, fmt in COLUMNS]
-        cells += [str(sum(bool(r.get("collapsed")) for r in ok)), str(sum(bool(r.get("diverged")) for r in ok))]
+        cells += [_stat([r["final"].get(tag) for r in ok], fmt) for tag, _, fmt in COLUMNS]
+        cells += [str(sum(bool(r["final"].get(k)) for r in ok)) for k in ("collapsed", "diverged")]
         if modes:
             known = [r["both_modes"] for r in ok if r.get("both_modes") is not None]
             cells.append(f"{sum(known)}/{len(known)}" if known else "-")

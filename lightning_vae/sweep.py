@@ -426,10 +426,7 @@ def write_results(by_unit: dict[str, list[dict]], sweep_dir: Path, meta: dict) -
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(sweep_dir / "sweep.json")  # atomic: a killed sweep leaves a whole manifest
     write_csv(by_unit, sweep_dir / "results.csv", sweep_dir)
-    rows = {name: [{**r["final"], "status": "failed" if r["status"] != "finished" and r["status"] != "diverged"
-                    else r["status"], "wall_s": r["wall_s"], "both_modes": r["both_modes"]} for r in rs]
-            for name, rs in by_unit.items()}
-    return runs_io.table(rows, label="grid point")
+    return runs_io.table(by_unit, label="grid point")
 
 
 def _digest(path: str) -> str:
