@@ -901,18 +901,16 @@ class SampleFigure(pl.Callback):
         models = _models(pl_module)
         figures = [self.figure(model, trainer.datamodule, step=step) for model in models]
         log_figure(trainer, pl_module, "samples/scatter", figures, step)
-        if self.density:
-            densities = [self.density_figure(model, trainer.datamodule, step) for model in models]
-            if all(f is not None for f in densities):
-                log_figure(trainer, pl_module, "samples/log_density", densities, step)
+        # Figures some models have no content for (None: no density, no encoder): all or none.
+        for wanted, draw, tag in ((self.density, self.density_figure, "samples/log_density"),
+                                  (self.posterior, self.posterior_figure, "samples/posterior")):
+            if not wanted:
+                continue
+            drawn = [draw(model, trainer.datamodule, step) for model in models]
+            if all(f is not None for f in drawn):
+                log_figure(trainer, pl_module, tag, drawn, step)
             else:
-                _close([f for f in densities if f is not None])
-        if self.posterior:
-            posteriors = [self.posterior_figure(model, trainer.datamodule, step) for model in models]
-            if all(f is not None for f in posteriors):
-                log_figure(trainer, pl_module, "samples/posterior", posteriors, step)
-            else:
-                _close([f for f in posteriors if f is not None])
+                _close([f for f in drawn if f is not None])
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.cadence.start()
