@@ -269,7 +269,8 @@ def _error_line(stderr: str, rc: int) -> str:
 
 def run_job(job: Job) -> list[dict]:
     """Run one job unless its runs have finished: skip, resume or run it; write each run's
-    status file; return one row per run (``skipped`` where nothing was run)."""
+    status file; return one row per run (``skipped`` where nothing was run), with its final
+    values (``final``: read once here from its event files; not part of the status file)."""
     if is_done(job):
         return [{"key": job.key, "seed": s, "run": d, "ensemble": job.ensemble, "skipped": True,
                  **(status_of(Path(d)) or {})}
@@ -298,6 +299,7 @@ def run_job(job: Job) -> list[dict]:
                      "process_wall_s": round(wall, 2), "seeds_in_process": len(job.members)}
         if resumed is not None:
             row["resumed_from"] = str(resumed)
+        final: dict = {}
         if proc.returncode == 0 and member.is_dir():
             final = runs_io.final_values(member)
             row["status"] = "diverged" if final["diverged"] else "finished"
@@ -308,7 +310,7 @@ def run_job(job: Job) -> list[dict]:
         if member.is_dir() or row["status"] == "failed":  # a run that failed before it began: its record
             member.mkdir(parents=True, exist_ok=True)
             (member / STATUS_FILE).write_text(json.dumps(row))
-        rows.append({"key": job.key, "seed": seed, "run": d, "ensemble": job.ensemble, **row})
+        rows.append({"key": job.key, "seed": seed, "run": d, "ensemble": job.ensemble, **row, "final": final})
     return rows
 
 
@@ -378,13 +380,6 @@ def parse_submitit(items: list[str]) -> dict:
     return params
 
 
-def run_submitit(jobs: list[Job], folder: Path, params: dict, wait: bool, on_done) -> None:
-    """The jobs as one submitit job array (``lightning_vae/submit.py``)."""
-    from lightning_vae.submit import submit_array
-
-    submit_array(jobs, folder, params, wait, on_done)
-
-
 # --- the command ----------------------------------------------------------------------------
 
 def _summary(row: dict, values: dict) -> str:
@@ -406,7 +401,8 @@ def collect(jobs: list[Job], root: Path) -> dict[str, list[dict]]:
             run = Path(d)
             status = status_of(run)
             row = {"configuration": unit_key, "run": run, "grid": job.point, "seed": seed,
-                   "status": (status or {}).get("status", "not run"), "wall_s": (status or {}).get("wall_s", math.nan)}
+                   "record": status or {}, "status": (status or {}).get("status", "not run"),
+                   "wall_s": (status or {}).get("wall_s", math.nan)}
             final = runs_io.final_values(run) if row["status"] in DONE else {}
             row["final"] = final
             row["both_modes"] = runs_io.modes_recovered(run, final) if final else None
@@ -419,7 +415,7 @@ def write_results(by_unit: dict[str, list[dict]], sweep_dir: Path, meta: dict) -
     from lightning_vae.report import write_csv
 
     manifest = {**meta, "runs": {f"{r['configuration']}/seed_{r['seed']}": {
-        "point": r["grid"], "seed": r["seed"], "run": str(r["run"]), **(status_of(r["run"]) or {"status": r["status"]})}
+        "point": r["grid"], "seed": r["seed"], "run": str(r["run"]), **(r["record"] or {"status": r["status"]})}
         for rows in by_unit.values() for r in rows}}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tmp = sweep_dir / "sweep.json.tmp"
@@ -508,8 +504,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"got {args.unit!r}")
         rows = run_job(chosen[0])
         for row in rows:
-            what = "already finished: skipped" if row.get("skipped") else \
-                _summary(row, runs_io.final_values(Path(row["run"])) if row.get("status") in DONE else {})
+            what = "already finished: skipped" if row.get("skipped") else _summary(row, row["final"])
             print(f"{row['key']} seed {row['seed']}: {what}", flush=True)
         sys.exit(0 if all(r.get("status") in DONE for r in rows) else 1)  # a failed run: the task fails
     if args.dry_run:
@@ -536,13 +531,15 @@ def main(argv: list[str] | None = None) -> None:
             bar.write(f"{rows[0]['key']} ({len(rows)} seeds): {_summary(rows[0], {})}", file=sys.stdout)
             rows = []  # an ensemble that failed as one: one line
         for row in rows:
-            values = runs_io.final_values(Path(row["run"])) if row.get("status") in DONE else {}
+            values = row.get("final", {})
             label = row["key"] if not row["ensemble"] else f"{row['key']}/seed_{row['seed']}"
             bar.write(f"{label}: {_summary(row, values)}", file=sys.stdout)
         bar.update()
 
     if args.launcher == "submitit":
-        run_submitit(todo, sweep_dir / "submitit", params, not args.no_wait, on_done)
+        from lightning_vae.submit import submit_array  # the one module that imports submitit
+
+        submit_array(todo, sweep_dir / "submitit", params, not args.no_wait, on_done)
         if args.no_wait:
             bar.close()
             print(f"sweep {name}: {len(todo)} units submitted; rerun this command (it skips finished "

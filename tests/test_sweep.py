@@ -196,7 +196,7 @@ def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     assert (kept / "seed_0" / "events.out.tfevents.1").exists()
 
 
-def test_a_sweep_resumes_only_with_its_own_settings(tmp_path):
+def test_a_sweep_resumes_only_with_its_own_settings(tmp_path, capsys):
     """A rerun with other fit arguments (or edited configs) would skip finished runs of the
     old settings as if they were new: refused in one line, nothing touched."""
     from lightning_vae.sweep import main
@@ -210,6 +210,9 @@ def test_a_sweep_resumes_only_with_its_own_settings(tmp_path):
     with pytest.raises(SystemExit, match="this sweep ran with other settings \\(the extra fit arguments differ"):
         main(["--config", config, "--name", "s", "--root", str(tmp_path), "--", "--trainer.max_epochs=3"])
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
-    out = main(["--config", config, "--name", "s", "--root", str(tmp_path), "--dry_run", "--",
-                "--trainer.max_epochs=3"])  # a dry run writes and checks nothing
-    assert out is None
+    capsys.readouterr()
+    main(["--config", config, "--name", "s", "--root", str(tmp_path), "--dry_run", "--",
+          "--trainer.max_epochs=3"])  # a dry run writes and checks nothing
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.endswith("--unit base -- --trainer.max_epochs=3")
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
