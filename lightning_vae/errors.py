@@ -144,6 +144,10 @@ def one_line(message: str) -> str:
     if len(lines) == 1 and not head:
         return text
     given = _given(text)
+    unloadable = re.search(r"Unable to load config ['\"](.*)['\"]\s*$", text, re.M)
+    if unloadable and key and "class_path" not in text:  # a group given a value, not a mapping
+        return (f"{key}: expected a mapping of {key} settings (--{key}.NAME=VALUE, or a YAML mapping or the path "
+                f"of a YAML file of them), got {unloadable.group(1)!r}")
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
     if problem:
         cls, cause = problem.groups()

@@ -255,8 +255,10 @@ def test_val_and_test_loaders_deterministic_in_order_keep_last():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(batch_size=97), r"batch_size must be <= n_train \(96\), got 97"),
-    (dict(n_train=0), r"n_train must be >= 1, got 0"),
-    (dict(n_val=0), r"n_val must be >= 1, got 0"),
+    (dict(n_train=0), r"n_train must be >= 2 \(the per-axis std of the training data needs two points\), got 0"),
+    (dict(n_train=1, batch_size=1), r"n_train must be >= 2 \(.*\), got 1"),
+    (dict(n_val=0), r"n_val must be >= 2 \(the sample-quality metrics need two validation points\), got 0"),
+    (dict(n_val=1), r"n_val must be >= 2 \(.*\), got 1"),
     (dict(n_test=-3), r"n_test must be >= 1, got -3"),
     (dict(batch_size=0), r"batch_size must be >= 1, got 0"),
     (dict(eval_batch_size=0), r"eval_batch_size must be >= 1, got 0"),

@@ -157,6 +157,14 @@ def test_a_config_file_that_is_missing_or_not_yaml_is_named(tmp_path):
     assert line.endswith("); expected a YAML mapping of keys to values") and "\n" not in line, line
 
 
+@pytest.mark.parametrize("value", ["[1,2]", "5", "fast"])
+def test_a_group_given_a_value_is_named_with_the_mapping_expected(value):
+    parser = _parser()
+    raw = _error(parser, [f"--model={value}", "--req=1"])
+    _check(translate(raw, parser), f"model: expected a mapping of model settings (--model.NAME=VALUE, or a YAML "
+                                   f"mapping or the path of a YAML file of them), got {value!r}", raw)
+
+
 def test_an_unknown_key_in_a_config_file_is_named_with_its_group(tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  hiden: 3\n")

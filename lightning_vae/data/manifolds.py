@@ -56,6 +56,27 @@ def _check_real(name: str, value, positive: bool) -> float:
     return float(value)
 
 
+SEED_MAX = 2**64 - 1  # the largest torch.Generator seed
+
+
+def _check_seed(name: str, value) -> int:
+    """A seed of a ``torch.Generator``: an integer in 0 .. 2**64 - 1."""
+    value = _check_int(name, value, 0)
+    if value > SEED_MAX:
+        raise ValueError(f"{name} must be <= {SEED_MAX} (2**64 - 1, a torch.Generator seed), got {value}")
+    return value
+
+
+def _check_fits(name: str, needed: float, what: str) -> None:
+    """``needed`` bytes (for ``what``) fit in the memory here, or a ValueError naming ``name``."""
+    from lightning_vae.preflight import memory_problem, size_text
+
+    problem = memory_problem(needed)
+    if problem is not None:
+        raise ValueError(f"{name}: {what} would take about {size_text(needed)}, {problem}; expected a smaller "
+                         f"{name}")
+
+
 def haar_orthogonal(d: int, seed: int) -> Tensor:
     """A Haar-distributed orthogonal ``(d, d)`` float64 matrix, fixed by ``seed``.
 
@@ -107,7 +128,10 @@ class Manifold:
         if ambient_dim is not None:
             ambient_dim = _check_int("ambient_dim", ambient_dim, natural_dim,
                                      f" (the natural dimension of {name})")
-        self.rotation_seed = _check_int("rotation_seed", rotation_seed, 0)
+            # The rotation: a D x D float64 Gaussian matrix, its QR's Q and R, the result.
+            _check_fits("ambient_dim", 32.0 * ambient_dim**2,
+                        f"the random rotation of R^{ambient_dim} ({ambient_dim} x {ambient_dim} float64 matrices)")
+        self.rotation_seed = _check_seed("rotation_seed", rotation_seed)
         self.noise_std = _check_real("noise_std", noise_std, positive=False)
         self.ambient_dim = ambient_dim
         self.dim = natural_dim if ambient_dim is None else ambient_dim
@@ -570,7 +594,8 @@ class GaussianBlobs(Manifold):
             raise ValueError(f"subspace_dim must be <= dim ({dim}), got {subspace_dim!r}")
         self.blob_std = _check_real("blob_std", blob_std, positive=False)
         self.spread = _check_real("spread", spread, positive=True)
-        self.centre_seed = _check_int("centre_seed", centre_seed, 0)
+        self.centre_seed = _check_seed("centre_seed", centre_seed)
+        _check_fits("n_blobs", 24.0 * n_blobs * subspace_dim, f"the centres of {n_blobs} blobs")
         g = torch.Generator().manual_seed(self.centre_seed)
         u = torch.rand(n_blobs, subspace_dim, generator=g, dtype=torch.float64)
         self.loc = self.spread * (2 * u - 1)  # (k, subspace_dim)
