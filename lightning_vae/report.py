@@ -54,6 +54,21 @@ def _seed(run: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
+def _final(row: dict) -> dict:
+    """A row's final values, ``{}`` where it has none (a run that never finished, a foreign row)."""
+    final = row.get("final") if isinstance(row, dict) else None
+    return final if isinstance(final, dict) else {}
+
+
+def _scalars(row: dict) -> dict:
+    scalars = row.get("scalars") if isinstance(row, dict) else None
+    return scalars if isinstance(scalars, dict) else {}
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def _band(values: list[float]) -> tuple[float, float, float]:
     finite = [v for v in values if math.isfinite(v)]
     return statistics.median(finite), min(finite), max(finite)
@@ -63,7 +78,7 @@ def _curves(groups: dict[str, list[dict]], tag: str):
     """Per group: steps, median, min, max of a scalar over its seeds (common steps only)."""
     out = {}
     for name, runs in groups.items():
-        series = [dict(r["scalars"][tag]) for r in runs if tag in r["scalars"]]
+        series = [dict(_scalars(r)[tag]) for r in runs if tag in _scalars(r)]
         if not series:
             continue
         steps = sorted(set.intersection(*(set(s) for s in series)))
@@ -110,7 +125,7 @@ def _line_plot(groups, tag: str, ylabel: str, path: Path) -> bool:
 def _std_axes(groups) -> list[str]:
     """The axes with per-axis likelihood-std scalars (``decoder/likelihood_std_ratio_<a>``)."""
     prefix = "decoder/likelihood_std_ratio_"
-    axes = {t[len(prefix):] for rs in groups.values() for r in rs for t in r["scalars"] if t.startswith(prefix)}
+    axes = {t[len(prefix):] for rs in groups.values() for r in rs for t in _scalars(r) if t.startswith(prefix)}
     return sorted(axes, key=lambda a: ("xyz".index(a) if a in "xyz" else 3, a))[:4]
 
 
@@ -148,11 +163,16 @@ def _samples_plot(groups, path: Path) -> bool:
 
     images = {}
     for name, runs in groups.items():
-        acc = EventAccumulator(str(runs[0]["run"]), size_guidance={"images": 1})
-        acc.Reload()
-        if "samples/scatter" in acc.Tags()["images"]:
-            png = acc.Images("samples/scatter")[-1].encoded_image_string
-            images[name] = mpimg.imread(io.BytesIO(png), format="png")
+        if not runs or not isinstance(runs[0], dict) or not runs[0].get("run"):
+            continue
+        try:
+            acc = EventAccumulator(str(runs[0]["run"]), size_guidance={"images": 1})
+            acc.Reload()
+            if "samples/scatter" in acc.Tags()["images"]:
+                png = acc.Images("samples/scatter")[-1].encoded_image_string
+                images[name] = mpimg.imread(io.BytesIO(png), format="png")
+        except Exception:  # noqa: BLE001 - unreadable event files or image: that run has no panel
+            continue
     if not images:
         return False
     cols = min(3, len(images))
@@ -172,7 +192,7 @@ def _sigma_plot(groups, path: Path) -> bool:
     by_sigma: dict[float | None, list[dict]] = {}
     for runs in groups.values():
         for r in runs:
-            by_sigma.setdefault(r["sigma"], []).append(r)
+            by_sigma.setdefault(r.get("sigma"), []).append(r)
     sigmas = sorted(s for s in by_sigma if s is not None)
     if len(sigmas) < 2:
         return False
@@ -180,21 +200,22 @@ def _sigma_plot(groups, path: Path) -> bool:
                ("val/log_px", "held-out log p(x)")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
     for ax, (tag, label) in zip(axes, metrics):
-        points = [(s, [r["final"].get(tag, math.nan) for r in by_sigma[s]]) for s in sigmas]
+        points = [(s, [_number(_final(r).get(tag)) for r in by_sigma[s]]) for s in sigmas]
         points = [(s, _band(v)) for s, v in points if any(math.isfinite(x) for x in v)]
         if points:
             xs, bands = zip(*points)
             mid = [b[0] for b in bands]
             ax.errorbar(xs, mid, yerr=[[m - b[1] for m, b in zip(mid, bands)], [b[2] - m for m, b in zip(mid, bands)]],
                         marker="o", capsize=3, label="spread (median, min-max)")
-        elbo = [v for v in (r["final"].get(tag, math.nan) for r in by_sigma.get(None, [])) if math.isfinite(v)]
+        elbo = [v for v in (_number(_final(r).get(tag)) for r in by_sigma.get(None, [])) if math.isfinite(v)]
         if elbo:
             ax.axhline(statistics.median(elbo), color="k", linestyle="--", label="ELBO (no noise), median")
         ax.set_xscale("log")
         ax.set_xlabel("spread noise std sigma")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -210,11 +231,12 @@ def collect(root: Path) -> dict[str, list[dict]]:
         for run in paths:
             scalars = runs_io.read_scalars(run)  # the event files, read once per run
             final = runs_io.final_values(run, scalars)
-            status = runs_io.status_of(run) or {}
+            status = runs_io.status_of(run)
+            status = status if isinstance(status, dict) else {}  # a foreign or truncated record: none
             groups.setdefault(name, []).append({
                 "run": run, "scalars": scalars, "final": final, "sigma": noise_level(run),
                 "seed": _seed(run), "wall_s": status.get("wall_s", math.nan),
-                "status": status.get("status", "diverged" if final["diverged"] else "finished"),
+                "status": str(status.get("status", "diverged" if final.get("diverged") else "finished")),
                 "both_modes": runs_io.modes_recovered(run, final)})
     return groups
 
@@ -222,28 +244,38 @@ def collect(root: Path) -> dict[str, list[dict]]:
 def write_csv(groups: dict[str, list[dict]], path: Path, root: Path) -> None:
     """``results.csv``: one row per run (see the module docstring). A row's grid values are
     its ``grid`` (a sweep's point) where it has one, else the configuration keys that vary
-    between the runs."""
-    every = [r for rs in groups.values() for r in rs]
+    between the runs. A partial or foreign row (no ``final``, or one without ``collapsed``,
+    no seed, not a dict) gets empty cells for what it lacks. Written atomically."""
+    rows = [(name, r) for name, rs in groups.items() for r in rs if isinstance(r, dict)]
+    every = [r for _, r in rows]
+
+    def grid_of(r: dict) -> dict:
+        return r["grid"] if isinstance(r.get("grid"), dict) else {}
+
     if any("grid" in r for r in every):
-        grid = list(dict.fromkeys(k for r in every for k in r.get("grid", {})))
-        values = [r.get("grid", {}) for r in every]
+        grid = list(dict.fromkeys(k for r in every for k in grid_of(r)))
+        values = [grid_of(r) for r in every]
     else:
-        grid = runs_io.varying_keys([r["run"] for r in every])
-        values = [runs_io.configuration(r["run"]) for r in every]
-    tags = sorted({k for r in every for k, v in r["final"].items() if not isinstance(v, bool)})
+        found = [Path(r["run"]) for r in every if r.get("run")]
+        grid = runs_io.varying_keys(found)
+        values = [runs_io.configuration(Path(r["run"])) if r.get("run") else {} for r in every]
+    tags = sorted({k for r in every for k, v in _final(r).items()
+                   if not isinstance(v, bool) and k not in ("collapsed", "diverged")})
     head = ["configuration", "run", *grid, "seed", "status", "wall_s", "collapsed", "diverged", "both_modes", *tags]
-    with path.open("w", newline="") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(head)
-        rows = [(name, r) for name, rs in groups.items() for r in rs]
         for (name, r), cfg in zip(rows, values):
             cells = [json.dumps(cfg.get(k), default=str) if isinstance(cfg.get(k), (dict, list)) else cfg.get(k)
                      for k in grid]
-            run = Path(r["run"])
-            writer.writerow([name, str(run.relative_to(root)) if run.is_relative_to(root) else str(run), *cells,
-                             r["seed"], r["status"], r["wall_s"], r["final"].get("collapsed", ""),
-                             r["final"].get("diverged", ""), "" if r["both_modes"] is None else r["both_modes"],
-                             *[r["final"].get(t, "") for t in tags]])
+            run = Path(r["run"]) if r.get("run") else None
+            where = "" if run is None else str(run.relative_to(root)) if run.is_relative_to(root) else str(run)
+            final, both = _final(r), r.get("both_modes")
+            writer.writerow([name, where, *cells, r.get("seed", ""), r.get("status", ""), r.get("wall_s", ""),
+                             final.get("collapsed", ""), final.get("diverged", ""), "" if both is None else both,
+                             *[final.get(t, "") for t in tags]])
+    tmp.replace(path)
 
 
 def write_report(root: Path, out: Path, threshold: float = 1e-2) -> dict[str, Path]:

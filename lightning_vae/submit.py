@@ -29,12 +29,21 @@ def _submitit():
 
 
 class UnitTask:
-    """A picklable callable that runs one job; requeued (the same job) on preemption."""
+    """A picklable callable that runs one job; requeued (the same job) on preemption. It
+    holds its unit's lock as a ``--unit`` run does (``sweep.lock_sweep``), waiting for it: a
+    whole sweep of the same name on a machine that shares the folder, or the same unit
+    submitted twice, runs first; then this task finds the unit finished (a no-op) or resumes it."""
 
     def __call__(self, job):
-        from lightning_vae.sweep import run_job
+        from lightning_vae.sweep import lock_sweep, release_locks, run_job
 
-        return run_job(job)
+        if not getattr(job, "sweep_dir", ""):
+            return run_job(job)
+        lock_sweep(Path(job.sweep_dir), Path(job.sweep_dir).name, unit=job.key, wait=True)
+        try:
+            return run_job(job)
+        finally:
+            release_locks()
 
     def checkpoint(self, job):
         """submitit's requeue hook: resubmit the same job; it resumes from the unit's checkpoint."""
@@ -42,9 +51,10 @@ class UnitTask:
         return submitit.helpers.DelayedSubmission(UnitTask(), job)
 
 
-def submit_array(jobs: list, folder: Path, params: dict, wait: bool, on_done) -> list:
-    """Submit ``jobs`` as one array (``folder``: submitit's logs and pickles); with ``wait``,
-    call ``on_done(rows)`` as each finishes. Returns the submitit jobs."""
+def submit_array(jobs: list, folder: Path, params: dict, wait: bool, on_done, on_submitted=None) -> list:
+    """Submit ``jobs`` as one array (``folder``: submitit's logs and pickles); then call
+    ``on_submitted()`` (the sweep releases its lock to the tasks); with ``wait``, call
+    ``on_done(rows)`` as each finishes. Returns the submitit jobs."""
     submitit = _submitit()
     params = dict(params)
     cluster = params.pop("cluster", None)
@@ -59,6 +69,8 @@ def submit_array(jobs: list, folder: Path, params: dict, wait: bool, on_done) ->
         return []
     with executor.batch():
         submitted = [executor.submit(UnitTask(), job) for job in jobs]
+    if on_submitted is not None:
+        on_submitted()
     print(f"submitit ({executor.cluster}): {len(submitted)} tasks, job ids "
           f"{', '.join(j.job_id for j in submitted[:5])}{' ...' if len(submitted) > 5 else ''}; logs in {folder}",
           flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -66,16 +67,18 @@ def test_a_unit_gives_the_same_results_as_an_ensemble_and_as_processes(tmp_path)
 def test_dry_run_commands_rerun_safely_and_resume_a_killed_unit(tmp_path):
     """Each printed command is the runner restricted to one unit: killed mid-run, the same
     command resumes it from its checkpoint; run again, it is a no-op."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     out = _sweep(tmp_path, "--seeds", "0-1", "--name", "d", "--dry_run",
-                 "--trainer.callbacks+=killer.KillAtStep")  # TINY: 2 epochs of 8 steps
-    assert out.returncode == 0, out.stderr[-2000:]
+                 "--trainer.callbacks+=killer.KillAtStep", env=env)  # TINY: 2 epochs of 8 steps
+    assert out.returncode == 0, out.stderr[-2000:]  # the dry run's key check imports the callback
     (line,) = out.stdout.strip().splitlines()
     assert "--unit base" in line and not (tmp_path / "sweeps").exists()
     cmd = shlex.split(line)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env={**env, "LVAE_KILL_AT_STEP": "12"})  # after the checkpoint at step 8
-    assert killed.returncode == 1 and "FAILED (exit -9)" in killed.stdout, killed.stdout + killed.stderr[-2000:]
+    # Killed outright (no outcome record): cut off, not failed; the task fails, its rerun resumes.
+    assert killed.returncode == 1 and killed.stdout.count("INTERRUPTED: killed by SIGKILL") == 2, \
+        killed.stdout + killed.stderr[-2000:]
     resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-2000:]
     assert resumed.stdout.count("finished (resumed from") == 2, resumed.stdout
@@ -143,6 +146,8 @@ def test_grid_and_seed_parsing():
     for bad in ("a-b", "1,1"):
         with pytest.raises(SystemExit, match="--seeds must"):
             parse_seeds(bad)
+    with pytest.raises(SystemExit, match="--seeds range '5-2' is empty \\(it descends\\); expected LOW-HIGH"):
+        parse_seeds("5-2")
 
 
 @pytest.mark.parametrize("args,match", [
@@ -151,12 +156,20 @@ def test_grid_and_seed_parsing():
     (["--config", "seed_elbo", "--name", "a/b"], "--name must be a folder name"),
     (["--config", "seed_elbo", "--unit", "nope"], "--unit must be one of this sweep's units \\(base\\)"),
     (["--config", "seed_elbo", "--launcher", "submitit", "--submitit", "bad"], "--submitit must look like key=value"),
+    (["--config", "seed_elbo", "--seeds", "5-2"], "--seeds range '5-2' is empty \\(it descends\\); expected LOW-HIGH"),
+    (["--config", "seed_elbo", "--grid", "a=1", "--grid", "a=2"], "--grid key a given twice"),
+    (["--config", "seed_elbo", "--jobs", "x"], "argument --jobs: invalid int value: 'x'"),  # argparse's own
 ])
-def test_bad_arguments_are_one_line(args, match, tmp_path):
+def test_bad_arguments_are_one_line(args, match, tmp_path, capsys):
+    """A usage error: one line on stderr, exit 2 (argparse's convention), nothing written."""
     from lightning_vae.sweep import main
 
-    with pytest.raises(SystemExit, match=match):
+    with pytest.raises(SystemExit) as stop:
         main([*args, "--root", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-vae sweep: error: ") and re.search(match, err[-1]), err
+    assert len(err) == 1 or err[0].startswith("usage:"), err  # argparse's own: usage, then the line
     assert not (tmp_path / "sweeps").exists()
 
 
@@ -172,8 +185,8 @@ def test_a_grid_key_can_belong_to_one_config():
 
 def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     out = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "0 finished, 0 diverged, 2 failed" in out.stdout  # one ensemble of two: both its runs
+    assert out.returncode == 1, out.stderr[-2000:]  # the sweep ran to its end; not every run finished
+    assert "0 finished, 0 diverged, 2 failed, 0 interrupted" in out.stdout  # one ensemble of two: both its runs
     runs = json.loads((tmp_path / "sweeps" / "f" / "sweep.json").read_text())["runs"]
     assert set(runs) == {"noise_std=-1/seed_0", "noise_std=-1/seed_1"}
     assert all(r["status"] == "failed" for r in runs.values())
@@ -198,7 +211,7 @@ def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
 
 def test_a_sweep_resumes_only_with_its_own_settings(tmp_path, capsys):
     """A rerun with other fit arguments (or edited configs) would skip finished runs of the
-    old settings as if they were new: refused in one line, nothing touched."""
+    old settings as if they were new: refused in one line, exit 2, nothing touched."""
     from lightning_vae.sweep import main
 
     sweep_dir = tmp_path / "sweeps" / "s"
@@ -207,8 +220,11 @@ def test_a_sweep_resumes_only_with_its_own_settings(tmp_path, capsys):
     (sweep_dir / "sweep.json").write_text(json.dumps({
         "config_sha256": [[_digest(config)]],
         "extra": ["--trainer.max_epochs=2"], "runs": {}}))
-    with pytest.raises(SystemExit, match="this sweep ran with other settings \\(the extra fit arguments differ"):
+    with pytest.raises(SystemExit) as stop:
         main(["--config", config, "--name", "s", "--root", str(tmp_path), "--", "--trainer.max_epochs=3"])
+    assert stop.value.code == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "this sweep ran with other settings (the extra fit arguments differ" in err
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]
     capsys.readouterr()
     main(["--config", config, "--name", "s", "--root", str(tmp_path), "--dry_run", "--",
