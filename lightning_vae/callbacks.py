@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_vae import metrics
 from lightning_vae.compat import file_writer, foreach_norm, set_last_lr
+from lightning_vae.runs import OUTCOME_FILE
 from lightning_vae.scalars import log_scalars, write_scalars
 from lightning_vae.steps import planned_steps
 
@@ -340,6 +341,19 @@ class DecoderVarianceMonitor(pl.Callback):
         self.history: list[dict[str, list]] = [_empty_history()]
         self._history_spacing = 0  # the least step gap between points kept (grows as thinned)
 
+    def _data_scale(self, trainer) -> float:
+        """The datamodule's data scale; NaN where it is not a number > 0 (data without spread,
+        which the CLI refuses, or a datamodule of the user's): the ratios are then NaN and
+        no collapse is declared (said once)."""
+        scale = float(getattr(trainer.datamodule, "data_scale", math.nan))
+        if math.isfinite(scale) and scale > 0:
+            return scale
+        if not getattr(self, "_said_no_scale", False):
+            self._said_no_scale = True
+            _warn(f"the data scale is {scale:g} (the training data have no spread): the decoder's std ratios "
+                  f"are NaN and no variance collapse can be detected")
+        return math.nan
+
     @property
     def collapse(self) -> dict | None:
         """The first collapse: a single run's, or an ensemble's earliest member's."""
@@ -393,7 +407,7 @@ class DecoderVarianceMonitor(pl.Callback):
         if _run_dirs(trainer, pl_module) is None or not self.history[0]["step"]:
             return
         seeds = members(pl_module)
-        data_scale = trainer.datamodule.data_scale
+        data_scale = self._data_scale(trainer)
         figures = [self.std_figure(m, step, data_scale, None if seeds is None else seeds[m])
                    for m in range(len(self.history))]
         log_figure(trainer, pl_module, "decoder/std_per_axis", figures, step)
@@ -402,7 +416,7 @@ class DecoderVarianceMonitor(pl.Callback):
         loc, scale = pl_module.decoder_params()  # (K, D), or (M, K, D) for an ensemble
         lik_scale = pl_module.likelihood_scale(scale)
         ratio = self._check(trainer, pl_module, step, lik_scale)
-        data_scale = trainer.datamodule.data_scale
+        data_scale = self._data_scale(trainer)
         values = {"decoder/min_std_ratio": scale.flatten(-2).amin(-1) / data_scale,
                   "decoder/min_likelihood_std_ratio": ratio,
                   **decoder_scalars(loc, scale, self.max_states)}
@@ -527,16 +541,17 @@ class DecoderVarianceMonitor(pl.Callback):
     def _check(self, trainer, pl_module, step: int, lik_scale: Tensor) -> Tensor | float:
         """Record each member's first collapse; return min likelihood std / data scale, a
         float (a single run) or ``(M,)``."""
-        data_scale = trainer.datamodule.data_scale
+        data_scale = self._data_scale(trainer)
+        known = not math.isnan(data_scale)  # no scale: nothing to compare with
         seeds = members(pl_module)
         if seeds is None:  # the every-step path: one reduction, one host read
             ratio = float(lik_scale.min()) / data_scale
-            if self.collapses[0] is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
+            if known and self.collapses[0] is None and not ratio >= self.collapse_ratio:  # NaN counts as collapse
                 self._record(trainer, pl_module, 0, step, lik_scale, data_scale)
             return ratio
         ratio = lik_scale.flatten(-2).amin(-1) / data_scale
         for m, r in enumerate(ratio.tolist()):
-            if self.collapses[m] is None and not r >= self.collapse_ratio:  # NaN counts as collapse
+            if known and self.collapses[m] is None and not r >= self.collapse_ratio:  # NaN counts as collapse
                 self._record(trainer, pl_module, m, step, lik_scale[m], data_scale)
         return ratio
 
@@ -560,7 +575,7 @@ class DecoderVarianceMonitor(pl.Callback):
         if trainer.sanity_checking:
             return
         x = trainer.datamodule.val_x.to(pl_module.device)
-        data_scale = trainer.datamodule.data_scale
+        data_scale = self._data_scale(trainer)
         rows, histograms = [], []
         for model in _models(pl_module):
             _, scale = model.decoder_params()
@@ -671,6 +686,7 @@ class SampleQuality(pl.Callback):
             m.update(x.to(device), data)
             value = m.compute()
             if name == "w1":
+                value = value.reshape(-1)  # (D,); torchmetrics squeezes D = 1 to a 0-d tensor
                 dim = value.shape[0]
                 values.update({f"quality/w1_{axis_name(d, dim)}": value[d] for d in range(dim)})
             else:
@@ -944,9 +960,10 @@ class DivergenceGuard(pl.Callback):
     gradients are dropped (the optimizer skips parameters without a gradient, so the step
     is a no-op) and the policy acts:
 
-    - ``"stop"`` (default): training stops; the finite weights are saved as
-      ``checkpoints/last-finite.ckpt``, a one-paragraph diagnosis goes to stderr, and the
-      process exits normally (``hp/diverged`` 1).
+    - ``"stop"`` (default): training stops; the last usable weights (finite, and so are
+      the decoder's means, stds and samples) are saved as ``checkpoints/last-finite.ckpt``,
+      a one-paragraph diagnosis goes to stderr, and the process exits normally
+      (``hp/diverged`` 1).
     - ``"skip"``: the step is skipped and training goes on; ``train/skipped_steps`` (the
       total so far) is logged at each skipped step. The guard gives up, with the stop
       diagnosis, after ``max_skips`` skipped steps *in a row* (a finite step resets the
@@ -985,8 +1002,12 @@ class DivergenceGuard(pl.Callback):
         lr_factor: ``rollback``: the learning rate is multiplied by this at each rollback,
             in (0, 1].
         max_rollbacks: ``rollback``: stop at the non-finite step after this many rollbacks.
-        snapshot_every_n_steps: ``rollback``: refresh the in-memory snapshot every n
-            optimizer steps.
+        snapshot_every_n_steps: refresh the in-memory snapshot every n optimizer steps
+            (``rollback``: weights and optimizer state; ``stop`` and ``skip``: the weights),
+            taken only while the model is usable, so that ``last-finite.ckpt`` holds a model
+            whose weights and derived distributions are finite: where the weights at the
+            stop are not (non-finite, or a decoder std that under- or overflowed), the run
+            ends on the snapshot's weights instead, and the diagnosis says of which step.
     """
 
     def __init__(self, policy: Literal["stop", "skip", "rollback"] = "stop", max_skips: int = 100,
@@ -1032,8 +1053,14 @@ class DivergenceGuard(pl.Callback):
         # Walking the module tree for its parameters costs ~60 us, a tenth of a step: once.
         self._params = list(pl_module.parameters())
 
+    def _snapshots(self, pl_module) -> bool:
+        """Whether snapshots are kept: for a rollback, and for the other policies the last
+        usable weights (what last-finite.ckpt holds when the weights at the stop are not
+        usable); an ensemble's members freeze themselves instead."""
+        return self.policy == "rollback" or members(pl_module) is None
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.policy == "rollback":  # after a resume's restore: the state training starts from
+        if self._snapshots(pl_module):  # after a resume's restore: the state training starts from
             self._take_snapshot(trainer, pl_module, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -1051,7 +1078,7 @@ class DivergenceGuard(pl.Callback):
             log_scalars(trainer, {"train/grad_norm": self._grad_norm}, step)
         if math.isfinite(self._grad_norm):
             self._skips_in_a_row = 0
-            if (self.policy == "rollback" and step % self.snapshot_every_n_steps == 0
+            if (step % self.snapshot_every_n_steps == 0 and self._snapshots(pl_module)
                     and (self._snapshot is None or self._snapshot["step"] != step)):
                 self._take_snapshot(trainer, pl_module, step)
             return
@@ -1112,9 +1139,13 @@ class DivergenceGuard(pl.Callback):
 
     @torch.no_grad()
     def _take_snapshot(self, trainer, pl_module, step: int) -> None:
-        """Keep the current weights and optimizer states in memory, if they are all finite."""
+        """Keep the current weights and optimizer states in memory, if they are all finite
+        and the model is usable (``unusable``); for ``stop``, the weights only."""
+        if unusable(pl_module) is not None:
+            return
         model = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        optimizers = [{p: _clone_state(s) for p, s in opt.state.items()} for opt in trainer.optimizers]
+        optimizers = ([{p: _clone_state(s) for p, s in opt.state.items()} for opt in trainer.optimizers]
+                      if self.policy == "rollback" else [])
         tensors = [*model.values(), *(v for o in optimizers for s in o.values() for v in s.values())]
         if _all_finite(tensors):
             self._snapshot = {"step": step, "model": model, "optimizers": optimizers}
@@ -1203,11 +1234,20 @@ class DivergenceGuard(pl.Callback):
                   f"weights at step {trainer.global_step}.")
 
     def _stop(self, trainer, pl_module, loss, grad_norm) -> None:
-        weights_finite = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        self._unusable = unusable(pl_module)
+        self._usable_step = None
+        if self._unusable is not None and self._snapshot is not None and members(pl_module) is None:
+            # Finite weights whose distributions are not (a decoder std of 0 or inf): the
+            # run ends on the last usable weights instead, the snapshot's.
+            self._why_not = self._unusable
+            with torch.no_grad():
+                pl_module.load_state_dict(self._snapshot["model"])
+            self._usable_step, self._unusable = self._snapshot["step"], unusable(pl_module)
         ckpt = None
-        if weights_finite and trainer.log_dir is not None:
-            ckpt = Path(trainer.log_dir) / "checkpoints" / "last-finite.ckpt"
-            trainer.save_checkpoint(ckpt)
+        log_dir = trainer.log_dir  # a collective: every rank reads it
+        if self._unusable is None and log_dir is not None:
+            ckpt = Path(log_dir) / "checkpoints" / "last-finite.ckpt"
+            trainer.save_checkpoint(ckpt, weights_only=False)
         trainer.should_stop = True
         self.diverged = {"step": self._stop_at, "loss": float(loss) if loss is not None else math.nan,
                          "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
@@ -1257,13 +1297,48 @@ class DivergenceGuard(pl.Callback):
                    f"the loss.")
         else:
             why = "No axis of the training data has zero variance; try a smaller learning rate."
-        kept = (f"the last finite weights are saved in {d['checkpoint']}" if d["checkpoint"]
-                else "no finite checkpoint could be written")
+        at = ("the last finite weights" if getattr(self, "_usable_step", None) is None
+              else f"the last usable weights (step {self._usable_step})")
+        kept = (f"the last usable weights, of step {self._usable_step} (at the stop {self._why_not}), "
+                f"are saved in {d['checkpoint']}" if d["checkpoint"]
+                and getattr(self, "_usable_step", None) is not None else f"the last finite weights are saved in {d['checkpoint']}" if d["checkpoint"]
+                else f"no checkpoint was written, as the model is not usable ({self._unusable}); "
+                     f"divergence_guard.policy 'rollback' keeps the last usable weights"
+                if getattr(self, "_unusable", None) else "no finite checkpoint could be written")
         return (f"Training diverged at step {d['step']}: the loss was {d['loss']:.4g} and its "
                 f"gradient norm {d['grad_norm']:.4g}. Decoder std per axis and latent state at "
-                f"the last finite weights: {stds} (training-data std per axis: {data}).{crossed} "
+                f"{at}: {stds} (training-data std per axis: {data}).{crossed} "
                 f"{why} {self._policy_text()}; {kept}; TensorBoard logs are in "
                 f"{run_dir(trainer)}.")
+
+
+@torch.no_grad()
+def unusable(pl_module) -> str | None:
+    """Why the model is not usable, or None: a parameter that is not finite, or finite
+    weights whose derived distributions are not (a decoder std that overflows to inf, a
+    mean or std that is NaN, samples that are not finite). What ``last-finite.ckpt`` must
+    not hold: "finite" there means a model that samples and evaluates."""
+    bad = [name for name, p in pl_module.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        return f"parameter {bad[0]} is not finite"
+    params = getattr(pl_module, "decoder_params", None)
+    if callable(params):
+        loc, scale = params()
+        if not bool(torch.isfinite(loc).all()):
+            return "a decoder mean is not finite"
+        if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+            worst = float(scale.abs().max()) if scale.numel() else math.nan
+            return f"the decoder std is not finite (largest {worst:.3g}) for some latent state"
+        net = getattr(pl_module, "net", None)
+        if not getattr(net, "deterministic", False) and bool((scale == 0).any()):
+            return "the decoder std has underflowed to 0 for some latent state (its density is not finite)"
+    sample = getattr(pl_module, "sample", None)
+    if callable(sample) and members(pl_module) is None:
+        device = next(pl_module.parameters()).device
+        draws = sample(256, generator=torch.Generator(device).manual_seed(0))
+        if not bool(torch.isfinite(draws).all()):
+            return "samples of the model are not finite"
+    return None
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -1408,3 +1483,110 @@ def plain_params(hparams, prefix: str = "") -> dict[str, int | float | str | boo
 @rank_zero_only
 def _warn(message: str) -> None:
     log.warning(message)
+
+
+# --- how a fit ended: the run's own record, and a checkpoint when it was interrupted --------
+
+_INTERRUPTED: dict[str, object] = {}  # {"signal": "SIGTERM", "signum": 15} once a fit was interrupted
+
+
+def interrupted_by() -> tuple[str, int] | None:
+    """(name, number) of the signal that interrupted a fit in this process, or None: the CLI
+    exits with 128 + number (143 for SIGTERM, 130 for SIGINT), the shell's convention."""
+    if not _INTERRUPTED:
+        return None
+    return str(_INTERRUPTED["signal"]), int(_INTERRUPTED["signum"])  # type: ignore[call-overload]
+
+
+class RunOutcome(pl.Callback):
+    """How a fit ended, written by the run itself, and a resumable checkpoint when it was cut off.
+
+    The record is ``<run dir>/outcome.json`` (rank zero, written atomically), read by the
+    sweep runner (``lightning_vae.runs.outcome_of``): ``outcome`` is ``finished`` (training
+    ended under its own control, a divergence stop included), ``interrupted`` (SIGTERM, as
+    a scheduler, ``timeout`` or a pre-empted node sends, or SIGINT, Ctrl-C) or ``failed``
+    (an error), with ``signal``, ``global_step``, ``checkpoint`` (the file to resume from)
+    and ``error``. A run killed outright (SIGKILL, out of memory) writes none: no record
+    means it did not end under its own control.
+
+    On SIGTERM or SIGINT, Lightning stops after the optimizer step in progress (its own
+    signal handling: every DDP rank stops at the same step); then, with ``save_on_interrupt``,
+    the full training state is saved as ``checkpoints/interrupted-step=<N>.ckpt`` and
+    ``last.ckpt`` is re-pointed at it atomically, so the README's resume command continues
+    from that very step (not the last epoch end), bit-exactly. A ``run/interrupted`` scalar
+    (1 at that step) and one line on stderr say what happened and how to resume; the CLI
+    exits 143 (SIGTERM) or 130 (SIGINT). Lightning's SLURM auto-requeue (SIGUSR1: an
+    ``hpc_ckpt`` checkpoint and ``scontrol requeue``) is untouched.
+
+    The interrupted run's directory keeps that checkpoint (its ``last.ckpt``); a resumed
+    run writes to a new run directory, as every resume does.
+    """
+
+    FILE = OUTCOME_FILE
+
+    def __init__(self, save_on_interrupt: bool = True) -> None:
+        self.save_on_interrupt = save_on_interrupt
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "finished", None, None, None)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        import signal as signals
+
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            sig = signals.SIGTERM if isinstance(exception, SIGTERMException) else signals.SIGINT
+            _INTERRUPTED.update(signal=sig.name, signum=int(sig))
+            ckpt = self._save(trainer) if self.save_on_interrupt else None
+            log_scalars(trainer, {"run/interrupted": 1.0}, trainer.global_step)
+            self._write(trainer, "interrupted", sig.name, ckpt, None)
+            where = run_dir(trainer)
+            if ckpt is not None:
+                from lightning_vae.cli import PROG  # how this CLI was run (lightning_vae, .ensemble)
+
+                resume = (f"checkpoint {ckpt} (last.ckpt points at it); resume: {PROG} fit "
+                          f"--config {Path(where) / 'config.yaml'} --ckpt_path {Path(ckpt).parent / 'last.ckpt'}")
+            else:
+                resume = "no checkpoint saved (no step taken yet)" if self.save_on_interrupt else \
+                    "no checkpoint saved (run_outcome.save_on_interrupt is false)"
+            _warn(f"run interrupted by {sig.name} at step {trainer.global_step}; {resume}")
+        else:
+            self._write(trainer, "failed", None, None, f"{type(exception).__name__}: {exception}".splitlines()[0])
+
+    def _ckpt_dir(self, trainer) -> Path | None:
+        callback = trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None)
+        if folder is None:
+            where = run_dir(trainer)
+            folder = Path(where) / "checkpoints" if where is not None else None
+        return Path(folder) if folder is not None else None
+
+    def _save(self, trainer) -> str | None:
+        from lightning_vae import checkpoints
+
+        folder = self._ckpt_dir(trainer)
+        if folder is None or trainer.global_step == 0:
+            return None
+        path = folder / f"interrupted-step={trainer.global_step}.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank zero writes
+        if trainer.is_global_zero:
+            checkpoints.link(path, folder / checkpoints.LAST)
+        return str(path)
+
+    @rank_zero_only
+    def _write(self, trainer, outcome: str, sig: str | None, ckpt: str | None, error: str | None) -> None:
+        import json
+
+        where = run_dir(trainer)
+        if where is None:
+            return
+        folder = Path(where)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"outcome": outcome, "signal": sig, "global_step": int(trainer.global_step),
+                  "checkpoint": ckpt, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = folder / f".{self.FILE}.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(folder / self.FILE)

@@ -17,15 +17,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lightning_vae import config_files, preflight
+from lightning_vae import checkpoints, config_files, preflight
 from lightning_vae.callbacks import (
     DecoderVarianceMonitor,
     DivergenceGuard,
     HParamsSummary,
     PredictionWriter,
+    RunOutcome,
     SampleFigure,
     SampleQuality,
     StepProgressBar,
+    interrupted_by,
     run_dir,
 )
 from lightning_vae.data import ManifoldDataModule
@@ -94,6 +96,54 @@ class _Parser(LightningArgumentParser):
     def print_usage(self, file=None) -> None:
         pass
 
+    def parse_path(self, path, *args, **kwargs):
+        """jsonargparse's, after ``config_files.check_file``: a config file that is not one
+        (a directory, not UTF-8, not a mapping, ``model: [1, 2]``, a ``!!python`` tag...) is a
+        one-line error naming the file."""
+        try:
+            config_files.check_file(path, self._sections())
+        except config_files.BadConfigFile as err:
+            self.error(str(err))
+        return super().parse_path(path, *args, **kwargs)
+
+    def parse_string(self, content, *args, **kwargs):
+        """jsonargparse's; a config given inline (``--config '{model: [1, 2]}'``: no path)
+        is checked as ``parse_path`` checks a file's text."""
+        if not (args or kwargs.get("path")) and isinstance(content, str):
+            try:
+                config_files.check_text(content, self._sections())
+            except config_files.BadConfigFile as err:
+                self.error(str(err))
+        return super().parse_string(content, *args, **kwargs)
+
+    def _sections(self) -> set[str]:
+        """The groups a config's top level may set (``model``, ``data``, ``trainer``, the
+        callbacks'), from the keys this parser and its subcommands' accept."""
+        if getattr(self, "_section_names", None) is None:
+            from lightning_vae.errors import _parser_keys
+
+            self._section_names = {k.split(".", 1)[0] for k in _parser_keys(self) if "." in k}
+        return self._section_names
+
+    def parse_args(self, *args, **kwargs):
+        return self._checked(super().parse_args(*args, **kwargs))
+
+    def parse_object(self, *args, **kwargs):
+        return self._checked(super().parse_object(*args, **kwargs))
+
+    def _checked(self, cfg):
+        """The parsed config's seeds, checked before LightningCLI seeds with them (numpy's
+        message names no key)."""
+        sub = cfg.get("subcommand") if hasattr(cfg, "get") else None
+        section = cfg.get(sub) if sub and cfg.get(sub) is not None else cfg
+        try:
+            preflight.check_seed(section.get("seed_everything"))
+            model = section.get("model")
+            preflight.check_member_seeds(model.get("seeds") if hasattr(model, "get") else None)
+        except ValueError as err:
+            self.error(str(err))
+        return cfg
+
     def error(self, message: str, ex: Exception | None = None):
         # jsonargparse names the subcommand's parser on an error of a subcommand's key.
         parser = getattr(ex, "subcommand_parser", None) or self
@@ -136,6 +186,7 @@ class VAECLI(LightningCLI):
         parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunOutcome, "run_outcome")
         # A checkpoint every epoch, reachable as last.ckpt (what a killed run resumes from). In
         # Lightning 2.6 last.ckpt is only refreshed when a top-k checkpoint is saved, so
         # save_top_k 1 (the newest epoch-named file, replaced each epoch) is needed: with 0,
@@ -177,6 +228,15 @@ class VAECLI(LightningCLI):
         super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path is not None and (Path(str(ckpt_path)).exists() or Path(str(ckpt_path)).is_symlink()):
+            try:  # every member's CRC checked; a broken last.ckpt falls back to an intact file
+                path, note = checkpoints.resolve(str(ckpt_path))
+            except checkpoints.CorruptCheckpoint as err:
+                raise bad_input(ValueError, f"ckpt_path: {err}; expected an intact checkpoint (a run keeps "
+                                            f"its others in <run dir>/checkpoints)") from err
+            if note is not None:
+                logging.getLogger("lightning_vae").warning(note)
+                self.config[sub]["ckpt_path"] = ckpt_path = str(path)
         found = preflight.read_checkpoint(ckpt_path, PROG)
         if found is None:
             return
@@ -212,6 +272,10 @@ class VAECLI(LightningCLI):
         super().before_instantiate_classes()
         cfg = _section(self.config, self.subcommand)
         preflight.check_config(cfg.get("model"), cfg.get("trainer"), self.subcommand)
+        preflight.check_strategy((cfg.get("trainer") or {}).get("strategy"))
+        if self.subcommand == "fit":
+            preflight.check_training(cfg.get("model"), cfg.get("trainer"), cfg.get("data"))
+        preflight.check_model_memory(cfg)  # before the model is built
         if self.subcommand in EVAL_STAGES:
             eval_logger_dir(cfg, self.subcommand)
         if self.subcommand in ("fit", None):  # None: built with run=False, to fit in Python
@@ -337,6 +401,47 @@ class VAECLI(LightningCLI):
             self.trainer.logger, self.trainer.default_root_dir,
             version_given=preflight.logger_version_given(cfg.get("trainer")),
             checkpoint_dirpath=getattr(callback, "dirpath", None) if self.subcommand == "fit" else None)
+        if not preflight.logger_version_given(cfg.get("trainer")):
+            reserve_run_dir(self.trainer.logger)
+
+
+RESERVED: list[Path] = []  # run directories this process reserved (removed again if left empty)
+
+
+def reserve_run_dir(logger) -> Path | None:
+    """Create the run directory of a TensorBoard or CSV logger that picks the next free
+    ``version_N`` itself, with an exclusive ``mkdir``: two runs started at the same moment
+    cannot both take ``version_N`` (the second takes the next). The last thing done before
+    training: every check has passed."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lightning_vae.compat import forget_logger_version
+
+    if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or "://" in str(logger.root_dir):
+        return None
+    for _ in range(1000):
+        path = Path(logger.log_dir)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:  # another run took it since this one chose: choose again
+            forget_logger_version(logger)
+            continue
+        RESERVED.append(path)
+        return path
+    raise bad_input(FileExistsError, f"trainer.logger.init_args.save_dir: no free version_N under "
+                                     f"{logger.root_dir} after 1000 tries; expected a directory other runs "
+                                     f"are not filling this fast")
+
+
+def _release_reserved() -> None:
+    """Remove the reserved run directories that are still empty (the run wrote nothing)."""
+    while RESERVED:
+        path = RESERVED.pop()
+        try:
+            path.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def eval_logger_dir(cfg: Namespace, stage: str) -> None:
@@ -468,6 +573,9 @@ def run_cli(cli_class, model_class, args: list[str] | None = None):
     saved to a file named in the message."""
     global PROG
     module = cli_class.__module__
+    if module == "__main__":  # python -m lightning_vae.ensemble: the module's own name
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
     PROG = f"python -m {'lightning_vae' if module == __name__ else module}"
     _setup_logging()
     # --config by name (seed_spread) or by its repository path from any directory.
@@ -477,13 +585,28 @@ def run_cli(cli_class, model_class, args: list[str] | None = None):
         args = config_files.resolve_argv(list(args))
     try:
         return build_cli(args, cli_class=cli_class, model_class=model_class)
+    except (SystemExit, KeyboardInterrupt) as stop:
+        _release_reserved()  # an exit before anything was written (a finished run's resume)
+        # A fit cut off by SIGTERM or SIGINT (RunOutcome saved its checkpoint and said so):
+        # 128 + the signal's number, the shell's convention, never 0 (Lightning exits 0 on
+        # SIGTERM, 1 on Ctrl-C). A Ctrl-C before training started: one line, 130.
+        sig = interrupted_by()
+        if sig is not None:
+            sys.exit(128 + sig[1])
+        if isinstance(stop, KeyboardInterrupt):
+            print("lightning_vae: interrupted (SIGINT) before training started; nothing was trained",
+                  file=sys.stderr)
+            sys.exit(130)
+        raise
     except USER_ERRORS as err:
+        _release_reserved()
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"lightning_vae: error: {type(err).__name__}: {one_line(str(err))} "
               f"(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence, reported in full
+        _release_reserved()
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"lightning_vae: internal error: {type(err).__name__}: {one_line(str(err))}; "

@@ -98,3 +98,16 @@ def publish_metric(trainer: Any, name: str, value: torch.Tensor, prog_bar: bool 
                            "lightning_vae.compat.publish_metric needs updating")
     if prog_bar:
         trainer.progress_bar_metrics[name] = float(value)
+
+
+def forget_logger_version(logger: Any) -> None:
+    """Make a TensorBoard or CSV logger choose its version again (the next free
+    ``version_N``) the next time ``logger.version`` is read."""
+    # Both loggers cache the chosen version in ``_version`` (None until first read) and have
+    # no public way to choose again; the CLI needs it to reserve a run directory atomically
+    # (another run created the one chosen first). Checked: a rename would otherwise leave
+    # the old version in place and the reservation would retry the same directory.
+    if not hasattr(logger, "_version"):
+        raise AttributeError(f"{type(logger).__name__} has no _version any more; "
+                             "lightning_vae.compat.forget_logger_version needs updating")
+    logger._version = None

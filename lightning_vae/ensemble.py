@@ -31,6 +31,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from lightning_vae.checkpoints import SafeLoading
 from lightning_vae.callbacks import DecoderVarianceMonitor, _find, run_dir
 from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import VAECLI, run_cli
@@ -55,7 +56,7 @@ class _Scorer(nn.Module):
         return self.objective.terms(y, self.net, step=step, values=values, eps=eps)
 
 
-class EnsembleVAE(KStepTraining, pl.LightningModule):
+class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
     """M copies of ``VAE`` with different seeds, trained in one vmapped step.
 
     Args:

@@ -11,6 +11,7 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 
 from lightning_vae.latents import BernoulliLatent, Latent
+from lightning_vae.checkpoints import SafeLoading
 from lightning_vae.nets import Decoder, GaussianDecoder, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, Terms
 from lightning_vae.scalars import flush_event_files
@@ -39,7 +40,7 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
             "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total_steps()), "interval": "step"}}
 
 
-class VAE(KStepTraining, pl.LightningModule):
+class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     """A VAE (the seed's Bernoulli latent by default), trained with the objective given in config.
 
     Args:

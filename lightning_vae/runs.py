@@ -23,6 +23,12 @@ if TYPE_CHECKING:  # torch and Lightning load on first use: planning a sweep nee
     import torch
 
 STATUS_FILE = "sweep_status.json"  # a sweep's record of how a run ended (lightning_vae/sweep.py)
+# The run's own record of how its fit ended, written by the fit process itself (rank zero,
+# atomically; lightning_vae.callbacks.RunOutcome): {"outcome": "finished" | "interrupted" |
+# "failed", "signal": "SIGTERM" | "SIGINT" | null, "global_step": int, "checkpoint": the
+# checkpoint to resume from or null, "error": a line or null}. A run without one did not
+# end under its own control (killed, or it never started).
+OUTCOME_FILE = "outcome.json"
 EVAL_STAGES = ("validate", "test", "predict")  # evaluations write <run>/<stage>/version_N
 # Config keys that say where and how verbosely a run was written, not what it computed:
 # runs that differ only in these (and the seed) are seeds of one configuration.
@@ -174,6 +180,16 @@ def status_of(run_dir: Path) -> dict | None:
         return None
 
 
+def outcome_of(run_dir: Path) -> dict | None:
+    """The run's own record of how its fit ended (``outcome.json``), or None."""
+    path = Path(run_dir) / OUTCOME_FILE
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 # --- the runs below a folder ------------------------------------------------------------
 
 def config_of(run: Path) -> dict:
@@ -298,19 +314,27 @@ def table(groups: dict[str, list[dict]], label: str = "config") -> str:
     the final metrics, how many runs collapsed or diverged, and, for data with modes, how
     many recovered every mode. Each run is a row as the report and the sweep collect them:
     ``final`` (``final_values``), ``status``, ``wall_s``, ``both_modes``; only finished and
-    diverged runs count towards the numbers ("seeds": those of all planned)."""
+    diverged runs count towards the numbers ("seeds": those of all planned). A partial or
+    foreign row is tolerated: a missing ``final`` (or one without a key, ``collapsed``), a
+    non-numeric value, a row that is not a dict: what it lacks is not counted."""
+    def number(value) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    groups = {str(name): [r for r in (runs if isinstance(runs, (list, tuple)) else []) if isinstance(r, dict)]
+              for name, runs in groups.items()}
     modes = any(r.get("both_modes") is not None for runs in groups.values() for r in runs)
     head = [label, "seeds", *[c[1] for c in COLUMNS], "collapsed", "diverged",
             *(["both modes"] if modes else []), "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for config, runs in groups.items():
         ok = [r for r in runs if r.get("status") in ("finished", "diverged")]
+        finals = [r.get("final") if isinstance(r.get("final"), dict) else {} for r in ok]
         cells = [config, f"{len(ok)}/{len(runs)}"]
-        cells += [_stat([r["final"].get(tag) for r in ok], fmt) for tag, _, fmt in COLUMNS]
-        cells += [str(sum(bool(r["final"].get(k)) for r in ok)) for k in ("collapsed", "diverged")]
+        cells += [_stat([number(f.get(tag)) for f in finals], fmt) for tag, _, fmt in COLUMNS]
+        cells += [str(sum(bool(f.get(k)) for f in finals)) for k in ("collapsed", "diverged")]
         if modes:
-            known = [r["both_modes"] for r in ok if r.get("both_modes") is not None]
+            known = [bool(r["both_modes"]) for r in ok if r.get("both_modes") is not None]
             cells.append(f"{sum(known)}/{len(known)}" if known else "-")
-        cells.append(_stat([r.get("wall_s") for r in ok], "{:.0f}"))
+        cells.append(_stat([number(r.get("wall_s")) for r in ok], "{:.0f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -222,6 +222,9 @@ class KStepTraining:
 
     def on_train_start(self) -> None:
         trainer = self.trainer
+        # A run resumed mid-epoch (from an interrupted run's checkpoint) skips
+        # on_train_epoch_start: a group always ends on a completed step, so none is pending.
+        self._micro = 0
         cbs = trainer.callbacks
         self._before_step = [cb for cb in cbs if isinstance(cb, BEFORE_STEP_CALLBACKS)]
         self._after_step = [cb for cb in cbs if isinstance(cb, AFTER_STEP_CALLBACKS)]
@@ -328,11 +331,17 @@ class KStepTraining:
         """Called after optimizer step ``step`` (the loop's hook; none in Lightning)."""
 
     def log_train(self, terms, step: int) -> None:
-        """Write a step's loss and terms to the loggers at x = ``step`` (rank zero)."""
+        """Write a step's loss and terms to the loggers at x = ``step`` (rank zero). Under
+        DDP each value is the mean over the ranks (one all-reduce), so it is the value of
+        the global batch, as one process at that batch logs it (every rank's batch has the
+        same size)."""
         values = {"train/loss": terms.loss.detach(), **{f"train/{k}": v for k, v in terms.values.items()}}
-        tensors = [k for k, v in values.items() if isinstance(v, Tensor)]
-        host = dict(zip(tensors, torch.stack([values[k].detach().float().reshape(()) for k in tensors]).tolist()))
-        values = {k: host[k] if k in host else float(v) for k, v in values.items()}  # one host read
+        device = terms.loss.device
+        stacked = torch.stack([v.detach().float().reshape(()) if isinstance(v, Tensor)
+                               else torch.tensor(float(v), device=device) for v in values.values()])
+        if self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+        values = dict(zip(values, stacked.tolist()))  # one host read
         values["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
         log_scalars(self.trainer, values, step)
 

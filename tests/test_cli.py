@@ -164,6 +164,18 @@ def test_divergence_ends_cleanly(tmp_path):
     assert ckpt.exists()
     state = torch.load(ckpt, weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())
+    # "Finite" means usable: the derived distributions too (the decoder std of every state,
+    # samples, log p(x)), not only the stored weights.
+    from lightning_vae.callbacks import unusable
+
+    model = VAE.load_from_checkpoint(ckpt, map_location="cpu")
+    assert unusable(model) is None
+    loc, scale = model.decoder_params()
+    assert torch.isfinite(loc).all() and torch.isfinite(scale).all()
+    assert torch.isfinite(model.sample(1000)).all()
+    data = ManifoldDataModule(n_train=256, n_val=256, n_test=256)
+    data.setup()
+    assert torch.isfinite(model.net.log_px(data.val_x)).all()
     s = read_scalars(run)
     assert s["hp/diverged"][-1][1] == 1.0
     assert len(s["train/loss"]) >= 1  # TensorBoard logs intact
@@ -429,3 +441,27 @@ def test_the_progress_bar_counts_optimizer_steps(tmp_path):
     cli.trainer.callbacks.append(Spy())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert seen == [(20, 20), (20, 20)]  # 2560 points / batch 128 per epoch, in one group each
+
+
+def test_concurrent_fits_never_share_a_run_directory(tmp_path):
+    """Runs started at the same moment on one save_dir/name each get their own version_N
+    (an exclusive mkdir reserves it): neither fails, and no events file strays into the
+    other's directory."""
+    import os
+
+    cmd = [sys.executable, "-m", "lightning_vae", "fit", "--config", str(CONFIGS / "seed_spread.yaml"),
+           "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+           "--data.n_train=256", "--data.n_val=64", "--data.n_test=64", "--data.batch_size=64",
+           "--sample_quality.n_samples=64", "--sample_figure.n_points=64",
+           f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=same",
+           f"--trainer.default_root_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
+    dirs = run_dirs(tmp_path, "same")
+    assert [d.name for d in dirs] == ["version_0", "version_1", "version_2"]
+    for d in dirs:
+        assert len(list(d.glob("events.out.tfevents.*"))) == 1, sorted(p.name for p in d.iterdir())
+        assert (d / "config.yaml").is_file() and (d / "outcome.json").is_file()

@@ -207,3 +207,25 @@ def test_publish_metric_reaches_callback_metrics_the_progress_bar_and_early_stop
     assert float(model.seen[0]) == 2.0 and model.seen[1] == 2.0, message  # the epoch's last batch
     # EarlyStopping read it at each epoch's end: 2.0 twice in a row (patience 0) stops.
     assert trainer.current_epoch == 2 and float(trainer.callback_metrics["train/loss"]) == 2.0, message
+
+
+@pytest.mark.parametrize("kind", ["TensorBoardLogger", "CSVLogger"])
+def test_forget_logger_version_makes_the_logger_choose_the_next_free_one(kind, tmp_path):
+    logger = getattr(pl.loggers, kind)(save_dir=tmp_path, name="run")
+    assert logger.version == 0, f"{LIGHTNING}: {kind} no longer starts at version_0"
+    (tmp_path / "run" / "version_0").mkdir(parents=True)  # another run took it meanwhile
+    assert logger.version == 0, f"{LIGHTNING}: {kind} no longer caches its version"
+    compat.forget_logger_version(logger)
+    assert logger.version == 1 and logger.log_dir.endswith("version_1"), \
+        f"{LIGHTNING}: {kind} no longer chooses again after _version is reset"
+
+
+def test_reserve_run_dir_skips_a_directory_taken_meanwhile(tmp_path):
+    from lightning_vae.cli import reserve_run_dir
+
+    first = pl.loggers.TensorBoardLogger(save_dir=tmp_path, name="run")
+    second = pl.loggers.TensorBoardLogger(save_dir=tmp_path, name="run")
+    assert first.version == second.version == 0  # both chose before either created it
+    assert reserve_run_dir(first) == tmp_path / "run" / "version_0"
+    assert reserve_run_dir(second) == tmp_path / "run" / "version_1"
+    assert second.log_dir == str(tmp_path / "run" / "version_1")

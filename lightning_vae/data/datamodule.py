@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytorch_lightning as pl
@@ -10,6 +11,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_vae.data.manifolds import Manifold, TwoClusters
+from lightning_vae.checkpoints import SafeLoading
+from lightning_vae.errors import bad_input
+
+# Peak memory of drawing a sampled manifold's splits, over their float32 bytes (the float64
+# working copies: measured 3x for TwoClusters, 5-6x for Circle with an embedding and noise).
+SAMPLING_OVERHEAD = 6
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+SHUFFLE_STRIDE = 100_003  # an epoch's shuffle is seeded by shuffle_seed x SHUFFLE_STRIDE + epoch
+SHUFFLE_SEED_RANGE = (-(2**63 // SHUFFLE_STRIDE), (SEED_RANGE[1] - 2**32) // SHUFFLE_STRIDE)
 
 
 class _Rows(Dataset):
@@ -44,6 +54,9 @@ class _Batches(Sampler):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.member_seeds, self.group = drop_last, member_seeds, group
         self.epoch, self.rank, self.world_size = 0, 0, 1
+        # (epoch, groups): the first iteration over that epoch skips that many groups, the
+        # ones an interrupted run had already trained on (ManifoldDataModule.load_state_dict).
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -62,7 +75,7 @@ class _Batches(Sampler):
     def _order(self, seed: int) -> Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + self.epoch))
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * SHUFFLE_STRIDE + self.epoch))
 
     def __iter__(self) -> Iterator[Tensor]:
         if self.member_seeds is None:
@@ -75,11 +88,16 @@ class _Batches(Sampler):
         if self.group is None:  # evaluation: one batch at a time
             yield from batches
             return
-        for j in range(0, len(batches), self.group):
+        skip = 0
+        if self.resume_at is not None:
+            epoch, groups = self.resume_at
+            self.resume_at = None  # once: the epochs after it are whole
+            skip = groups if epoch == self.epoch else 0
+        for j in range(skip * self.group, len(batches), self.group):
             yield torch.stack(batches[j : j + self.group])  # (K, B), or (K, M, B) for an ensemble
 
 
-class ManifoldDataModule(pl.LightningDataModule):
+class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
     """Train/val/test points drawn once from a manifold with a fixed data seed.
 
     The data seed is independent of the model seed (``seed_everything``): every model
@@ -119,9 +137,15 @@ class ManifoldDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for name, value in [("n_train", n_train), ("n_val", n_val), ("n_test", n_test)]:
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        # The training data's per-axis std (the data scale) needs two points; the sample
+        # quality compares the validation split with samples by two-sample statistics, which
+        # need two points a side.
+        for name, value, least, why in [
+                ("n_train", n_train, 2, " (the per-axis std of the training data needs two points)"),
+                ("n_val", n_val, 2, " (the sample-quality metrics need two validation points)"),
+                ("n_test", n_test, 1, "")]:
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}{why}, got {value}")
         for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -130,8 +154,16 @@ class ManifoldDataModule(pl.LightningDataModule):
         self.manifold = manifold if manifold is not None else TwoClusters()
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        if not SEED_RANGE[0] <= data_seed <= SEED_RANGE[1]:
+            raise ValueError(f"data_seed must be an integer in {SEED_RANGE[0]} .. {SEED_RANGE[1]} (a "
+                             f"torch.Generator seed), got {data_seed}")
+        if shuffle_seed is not None and not SHUFFLE_SEED_RANGE[0] <= shuffle_seed <= SHUFFLE_SEED_RANGE[1]:
+            raise ValueError(f"shuffle_seed must be an integer in {SHUFFLE_SEED_RANGE[0]} .. "
+                             f"{SHUFFLE_SEED_RANGE[1]} (seed x {SHUFFLE_STRIDE} + epoch seeds a torch.Generator), "
+                             f"or null, got {shuffle_seed}")
         self.data_seed = data_seed
         self.shuffle_seed = torch.initial_seed() % 2**31 if shuffle_seed is None else shuffle_seed
+        self._resume_at: tuple[int, int] | None = None  # from a checkpoint (load_state_dict)
         if member_seeds is not None and len(member_seeds) == 0:
             raise ValueError("member_seeds must be a non-empty list of seeds or null, got []")
         if steps_per_batch < 1:
@@ -142,15 +174,59 @@ class ManifoldDataModule(pl.LightningDataModule):
         self.test_x: Tensor | None = None
 
     def check_size(self) -> None:
-        """Raise if the manifold cannot supply ``n_train + n_val + n_test`` distinct points (a
-        user's point cloud holds finitely many). ``setup`` would find out too, but only once
-        training has started; the CLI calls this before anything is written."""
+        """Raise if the data cannot be drawn or is unfit to train on: the manifold cannot
+        supply ``n_train + n_val + n_test`` distinct points (a user's point cloud holds
+        finitely many); drawing them would take more memory than there is
+        (``memory_needed``); or the training split has no spread (every point the same:
+        no data scale, which the collapse threshold is relative to). ``setup`` would find
+        out too, but only once training has started; the CLI calls this before anything is
+        written. It draws the splits (``setup``), once: the run then uses them."""
         available = getattr(self.manifold, "n_points", None)
         total = self.n_train + self.n_val + self.n_test
         if available is not None and total > available:
             raise ValueError(
                 f"n_train + n_val + n_test must be <= {available} (the points in {self.manifold!r}), "
                 f"got {self.n_train} + {self.n_val} + {self.n_test} = {total}")
+        if self.train_x is None:
+            self._check_memory()
+        self.setup()
+        scale = self.data_scale
+        if not (math.isfinite(scale) and scale > 0):
+            points = getattr(self.manifold, "n_points", None) is not None  # a file's points
+            key = "manifold.init_args.path" if points else "manifold"
+            shown = (repr(self.manifold) if type(self.manifold).__repr__ is not object.__repr__
+                     else type(self.manifold).__name__)
+            raise bad_input(ValueError, f"data.{key}: the {self.n_train} training points drawn from "
+                                        f"{shown} (data.n_train) have no spread: the largest per-axis "
+                                        f"std is {scale:g}; expected points that vary along at least one axis")
+
+    def memory_needed(self) -> float:
+        """Bytes that drawing the three splits takes at its peak: the float32 splits, and for
+        a sampled manifold the float64 working copies of its draws (measured: 3 to 6 times
+        the splits); for a point cloud, the index permutation of its points."""
+        total, dim = self.n_train + self.n_val + self.n_test, self.manifold.dim
+        available = getattr(self.manifold, "n_points", None)
+        if available is not None:
+            return 4.0 * total * dim + 8.0 * available
+        return 4.0 * total * dim * SAMPLING_OVERHEAD
+
+    def _check_memory(self) -> None:
+        from lightning_vae.preflight import memory_limit, memory_problem, size_text
+
+        needed = self.memory_needed()
+        problem = memory_problem(needed)
+        if problem is None:
+            return
+        splits = {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test}
+        key = max(splits, key=splits.get)
+        dim, total = self.manifold.dim, sum(splits.values())
+        per_point = needed / total
+        most = int(memory_limit()[0] // per_point)
+        raise bad_input(ValueError, f"data.{key}: drawing n_train + n_val + n_test = {self.n_train} + {self.n_val} "
+                                    f"+ {self.n_test} points of {dim} coordinates would take about "
+                                    f"{size_text(needed)} of memory (the float32 splits are "
+                                    f"{size_text(4.0 * total * dim)}), {problem}; expected n_train + n_val + "
+                                    f"n_test <= {most} here")
 
     @property
     def data_dim(self) -> int:
@@ -187,8 +263,26 @@ class ManifoldDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
+        if shuffle:
+            sampler.resume_at, self._resume_at = self._resume_at, None
         # batch_size=None: the sampler yields whole index batches, the dataset slices them.
         return DataLoader(_Rows(x), sampler=sampler, batch_size=None)
+
+    def state_dict(self) -> dict:
+        """Where training stands in its epoch: the epoch and the training groups (Lightning
+        batches) already taken in it, saved in every checkpoint. A checkpoint written
+        mid-epoch (an interrupted run's, ``lightning_vae.callbacks.RunOutcome``) resumes
+        with the epoch's remaining batches, in order, as the uninterrupted run took them;
+        at an epoch's end nothing is skipped (the next epoch is whole)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":  # also mid-validation of a fit
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "groups_done": int(progress.completed)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "epoch" in state_dict and "groups_done" in state_dict:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["groups_done"]))
 
     def train_dataloader(self) -> DataLoader:
         x = self.train_x
