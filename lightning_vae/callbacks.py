@@ -1527,6 +1527,24 @@ class RunOutcome(pl.Callback):
     def __init__(self, save_on_interrupt: bool = True) -> None:
         self.save_on_interrupt = save_on_interrupt
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Ctrl-C is handled as SIGTERM is (Lightning's own path: the step in progress ends,
+        then the run stops), not as a KeyboardInterrupt raised mid-step, so that the saved
+        step is a consistent one; a second Ctrl-C interrupts at once."""
+        import signal as signals
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signals.getsignal(signals.SIGINT)
+
+        def on_sigint(signum, frame) -> None:
+            _INTERRUPTED.update(signal="SIGINT", signum=int(signals.SIGINT))
+            signals.signal(signals.SIGINT, previous if callable(previous) else signals.default_int_handler)
+            os.kill(os.getpid(), signals.SIGTERM)
+
+        signals.signal(signals.SIGINT, on_sigint)
+
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, "finished", None, None, None)
 
@@ -1539,6 +1557,8 @@ class RunOutcome(pl.Callback):
 
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             sig = signals.SIGTERM if isinstance(exception, SIGTERMException) else signals.SIGINT
+            if _INTERRUPTED.get("signal") == "SIGINT":  # Ctrl-C, handled as SIGTERM (on_train_start)
+                sig = signals.SIGINT
             _INTERRUPTED.update(signal=sig.name, signum=int(sig))
             ckpt = self._save(trainer) if self.save_on_interrupt else None
             log_scalars(trainer, {"run/interrupted": 1.0}, trainer.global_step)
