@@ -1544,6 +1544,15 @@ class RunOutcome(pl.Callback):
             os.kill(os.getpid(), signals.SIGTERM)
 
         signals.signal(signals.SIGINT, on_sigint)
+        self._previous_sigint = previous
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        import signal as signals
+
+        previous = getattr(self, "_previous_sigint", None)
+        if previous is not None:
+            signals.signal(signals.SIGINT, previous)
+            self._previous_sigint = None
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, "finished", None, None, None)
