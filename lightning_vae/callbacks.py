@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lightning_vae import metrics
 from lightning_vae.compat import file_writer, foreach_norm, set_last_lr
-from lightning_vae.runs import OUTCOME_FILE
+from lightning_vae.runs import OUTCOME_FILE, write_record
 from lightning_vae.scalars import log_scalars, write_scalars
 from lightning_vae.steps import planned_steps
 
@@ -1522,8 +1522,6 @@ class RunOutcome(pl.Callback):
     run writes to a new run directory, as every resume does.
     """
 
-    FILE = OUTCOME_FILE
-
     def __init__(self, save_on_interrupt: bool = True) -> None:
         self.save_on_interrupt = save_on_interrupt
 
@@ -1607,15 +1605,9 @@ class RunOutcome(pl.Callback):
 
     @rank_zero_only
     def _write(self, trainer, outcome: str, sig: str | None, ckpt: str | None, error: str | None) -> None:
-        import json
-
         where = run_dir(trainer)
         if where is None:
             return
-        folder = Path(where)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {"outcome": outcome, "signal": sig, "global_step": int(trainer.global_step),
-                  "checkpoint": ckpt, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = folder / f".{self.FILE}.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.replace(folder / self.FILE)
+        write_record(Path(where) / OUTCOME_FILE, {
+            "outcome": outcome, "signal": sig, "global_step": int(trainer.global_step), "checkpoint": ckpt,
+            "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -13,9 +13,9 @@ checkpoint next to it, with a line saying so; otherwise a one-line error. ``link
 a link atomically (a new link under a temporary name, then ``os.replace``), as the
 interrupted-run checkpoint of ``lightning_vae.callbacks.RunOutcome`` is linked.
 
-``load`` is ``torch.load`` with ``weights_only=True`` always (never the environment's or
-torch's default: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would otherwise let a checkpoint
-run code), after ``verify``.
+``SafeLoading`` gives a module's ``load_from_checkpoint`` both: ``verify`` first, then
+``weights_only=True`` explicitly (never the environment's or torch's default:
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` would otherwise let a checkpoint run code).
 """
 
 from __future__ import annotations
@@ -95,14 +95,6 @@ def link(target: Path, link_path: Path) -> None:
         tmp.unlink()
     os.symlink(os.path.relpath(target, link_path.parent), tmp)
     os.replace(tmp, link_path)
-
-
-def load(path: str | Path, map_location="cpu") -> dict:
-    """``torch.load`` of a verified checkpoint, tensors and plain containers only."""
-    import torch
-
-    verify(path)
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class SafeLoading:

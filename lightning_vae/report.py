@@ -231,8 +231,7 @@ def collect(root: Path) -> dict[str, list[dict]]:
         for run in paths:
             scalars = runs_io.read_scalars(run)  # the event files, read once per run
             final = runs_io.final_values(run, scalars)
-            status = runs_io.status_of(run)
-            status = status if isinstance(status, dict) else {}  # a foreign or truncated record: none
+            status = runs_io.status_of(run) or {}  # a foreign or truncated record: none
             groups.setdefault(name, []).append({
                 "run": run, "scalars": scalars, "final": final, "sigma": noise_level(run),
                 "seed": _seed(run), "wall_s": status.get("wall_s", math.nan),

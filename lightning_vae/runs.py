@@ -171,23 +171,33 @@ def modes_recovered(run_dir: Path, final: dict) -> bool | None:
     return recovered_both_modes({**decoder_summary(loc, scale), **final}, centres)
 
 
-def status_of(run_dir: Path) -> dict | None:
-    """A sweep's status record of a run (``sweep_status.json``), or None."""
-    path = run_dir / STATUS_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def outcome_of(run_dir: Path) -> dict | None:
-    """The run's own record of how its fit ended (``outcome.json``), or None."""
-    path = Path(run_dir) / OUTCOME_FILE
+def _record(path: Path) -> dict | None:
+    """A JSON object read from ``path``, or None where it is missing, unreadable or not an
+    object (a foreign or truncated file is no record)."""
     try:
         record = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def write_record(path: Path, record: dict, indent: int | None = None) -> None:
+    """``record`` as JSON at ``path``, atomically (a temporary file, then a rename): a
+    process killed meanwhile leaves the whole old record or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=indent, default=str))
+    tmp.replace(path)
+
+
+def status_of(run_dir: Path) -> dict | None:
+    """A sweep's status record of a run (``sweep_status.json``), or None."""
+    return _record(Path(run_dir) / STATUS_FILE)
+
+
+def outcome_of(run_dir: Path) -> dict | None:
+    """The run's own record of how its fit ended (``outcome.json``), or None."""
+    return _record(Path(run_dir) / OUTCOME_FILE)
 
 
 # --- the runs below a folder ------------------------------------------------------------

@@ -112,19 +112,12 @@ from pathlib import Path
 
 from lightning_vae import config_files
 from lightning_vae import runs as runs_io
-from lightning_vae.runs import OUTCOME_FILE, STATUS_FILE
+from lightning_vae.runs import OUTCOME_FILE, STATUS_FILE, status_of
 
 DONE = ("finished", "diverged")
 INTERRUPTED_EXIT = (130, 143)  # a fit cut off by SIGINT / SIGTERM (128 + the signal's number)
 LOCK_FILE = ".lock"  # <sweep dir>/.lock: the sweep's lock; .lock-<job key>: one --unit run's
 MANIFEST_LOCK = ".manifest.lock"  # held only while sweep.json is read, merged and replaced
-
-
-def status_of(run_dir: Path) -> dict | None:
-    """A run's status record (``runs.status_of``), or None where it is missing, unreadable
-    or not a JSON object (a foreign or truncated file is no record)."""
-    status = runs_io.status_of(Path(run_dir))
-    return status if isinstance(status, dict) else None
 
 
 # --- the plan: experiments x grid points x seeds -> units -> jobs ------------------------
@@ -485,10 +478,7 @@ def classify(rc: int, outcome: dict | None, run_dir: Path, stderr: str = "") -> 
 
 
 def _write_status(member: Path, row: dict) -> None:
-    member.mkdir(parents=True, exist_ok=True)
-    tmp = member / f".{STATUS_FILE}.tmp"
-    tmp.write_text(json.dumps(row, default=str))
-    tmp.replace(member / STATUS_FILE)  # atomic: a killed sweep leaves a whole record or the old one
+    runs_io.write_record(member / STATUS_FILE, row)  # a killed sweep leaves a whole record or the old one
 
 
 def run_job(job: Job) -> list[dict]:
@@ -829,9 +819,7 @@ def write_manifest(entries: dict[str, dict], sweep_dir: Path, meta: dict) -> Non
         before = _read_manifest(path)
         runs = before.get("runs") if isinstance(before.get("runs"), dict) else {}
         manifest = {**before, **meta, "runs": {**runs, **entries}}
-        tmp = sweep_dir / "sweep.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        tmp.replace(path)
+        runs_io.write_record(path, manifest, indent=1)
     finally:
         if fd is not None and fd >= 0:
             os.close(fd)

@@ -443,25 +443,31 @@ def test_the_progress_bar_counts_optimizer_steps(tmp_path):
     assert seen == [(20, 20), (20, 20)]  # 2560 points / batch 128 per epoch, in one group each
 
 
-def test_concurrent_fits_never_share_a_run_directory(tmp_path):
-    """Runs started at the same moment on one save_dir/name each get their own version_N
-    (an exclusive mkdir reserves it): neither fails, and no events file strays into the
-    other's directory."""
-    import os
+def test_a_run_directory_taken_meanwhile_is_never_shared(tmp_path, monkeypatch):
+    """Two runs started at the same moment both choose version_0; the one that creates it
+    second must not write into it. Made deterministic here: right after this run's checks
+    (when it has chosen version_0), another run takes version_0 and writes there. This run
+    reserves the next free directory instead (an exclusive mkdir), and the other's files
+    are untouched; without the reservation it wrote its events and config into version_0."""
+    from lightning_vae import preflight
 
-    cmd = [sys.executable, "-m", "lightning_vae", "fit", "--config", str(CONFIGS / "seed_spread.yaml"),
-           "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-           "--data.n_train=256", "--data.n_val=64", "--data.n_test=64", "--data.batch_size=64",
-           "--sample_quality.n_samples=64", "--sample_figure.n_points=64",
-           f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=same",
-           f"--trainer.default_root_dir={tmp_path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], errs
-    dirs = run_dirs(tmp_path, "same")
-    assert [d.name for d in dirs] == ["version_0", "version_1", "version_2"]
-    for d in dirs:
-        assert len(list(d.glob("events.out.tfevents.*"))) == 1, sorted(p.name for p in d.iterdir())
-        assert (d / "config.yaml").is_file() and (d / "outcome.json").is_file()
+    check = preflight.check_run_dir
+    other = tmp_path / "seed_spread" / "version_0"
+
+    def then_another_run_takes_it(logger, *args, **kwargs):
+        check(logger, *args, **kwargs)
+        assert logger.log_dir == str(other)  # this run chose version_0
+        other.mkdir(parents=True)
+        (other / "events.out.tfevents.other").write_text("the other run's")
+
+    monkeypatch.setattr(preflight, "check_run_dir", then_another_run_takes_it)
+    from lightning_vae.cli import main
+
+    main(["fit", "--config", str(CONFIGS / "seed_spread.yaml"), *TINY, "--trainer.max_epochs=1",
+          "--data.n_train=256", "--data.batch_size=64", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          f"--trainer.default_root_dir={tmp_path}"])
+    assert [d.name for d in run_dirs(tmp_path, "seed_spread")] == ["version_0", "version_1"]
+    run = tmp_path / "seed_spread" / "version_1"
+    assert sorted(p.name for p in other.iterdir()) == ["events.out.tfevents.other"]
+    assert (run / "config.yaml").is_file() and (run / "outcome.json").is_file()
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
