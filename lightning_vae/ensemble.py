@@ -39,7 +39,7 @@ from lightning_vae.errors import bad_input
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.densities import normal_log_prob
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, build_core
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
 from lightning_vae.scalars import flush_event_files, write_scalars
 from lightning_vae.steps import KStepTraining
@@ -67,6 +67,8 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         decoder: as for ``VAE``.
         hidden: as for ``VAE``.
         depth: as for ``VAE``.
+        network: as for ``VAE``.
+        image_shape: as for ``VAE`` (linked from the datamodule).
         optimizer: as for ``VAE``; one optimizer over the stacked weights.
         lr_schedule: as for ``VAE``.
         steps_per_batch: as for ``VAE`` (linked from the datamodule, which then serves
@@ -82,6 +84,8 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         decoder: Decoder | None = None,
         hidden: int = 64,
         depth: int = 2,
+        network: Network | None = None,
+        image_shape: list[int] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
@@ -102,8 +106,9 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         members = []
         for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
             torch.manual_seed(s)
-            members.append(_Scorer(build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder),
-                                   self.objective))
+            members.append(_Scorer(build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder,
+                                              network=network, image_shape=image_shape), self.objective))
+        self._network = network
         params, _ = stack_module_state(members)  # name -> (M, ...)
         self._names = list(params)
         self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self._names])
@@ -188,7 +193,8 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
     def member(self, m: int) -> DiscreteVAE | GaussianVAE:
         """Member ``m`` as a plain VAE core (a copy with its weights)."""
         net = build_core(self.hparams.data_dim, self._template[0].net.latent, hidden=self.hparams.hidden,
-                         depth=self.hparams.depth, decoder=self._decoder)
+                         depth=self.hparams.depth, decoder=self._decoder, network=self._network,
+                         image_shape=self.hparams.image_shape)
         state = {n.removeprefix("net."): p[m].detach() for n, p in self._params().items()}
         net.load_state_dict(state)
         return net.to(self.device)

@@ -199,6 +199,12 @@ def residual_log_lik(kernel: Kernel, u: Tensor, scale: Tensor | None, noise_std:
     variances added: the arithmetic of ``densities.normal_log_prob`` (the seed's numbers).
     """
     noise_std = _check_noise_std(noise_std)
+    # Half-precision residuals (a bf16 model's) are scored in float32: a sum of D terms,
+    # 1024 for a 32x32 image, needs more than bf16's 8 significant bits.
+    if u.dtype in (torch.float16, torch.bfloat16):
+        u = u.float()
+    if scale is not None and scale.dtype in (torch.float16, torch.bfloat16):
+        scale = scale.float()
     if scale is None:
         if noise_std == 0:
             raise ValueError("a deterministic decoder needs a spread objective with noise > 0: "

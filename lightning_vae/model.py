@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.checkpoints import SafeLoading
-from lightning_vae.nets import Decoder, GaussianDecoder, build_core
+from lightning_vae.nets import Decoder, GaussianDecoder, Network, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, Terms
 from lightning_vae.scalars import flush_event_files
 from lightning_vae.steps import KStepTraining
@@ -53,8 +53,15 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         decoder: ``GaussianDecoder(variance="per_axis")`` (default, the seed; also
             "shared", "fixed", and a ``min_std`` floor) or ``DeterministicDecoder()``
             (no variance; only with ``SpreadELBO``).
-        hidden: width of the hidden layers of encoder and decoder MLPs.
-        depth: number of hidden layers of encoder and decoder MLPs.
+        hidden: width of the hidden layers of encoder and decoder MLPs (when no ``network``
+            is given).
+        depth: number of hidden layers of encoder and decoder MLPs (when no ``network``
+            is given).
+        network: the architecture of encoder and decoder: ``MLP(hidden, depth)`` (the
+            default, from ``hidden`` and ``depth``) or ``ConvNet(width, depth)`` for images
+            (``lightning_vae.nets``).
+        image_shape: (C, H, W) of image data (linked from the datamodule; None for points):
+            the data are flat vectors of C*H*W pixels, a ``ConvNet`` reshapes them.
         optimizer: optimizer factory (``class_path`` in YAML); default Adam with its
             default learning rate, 1e-3.
         lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
@@ -74,6 +81,8 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         decoder: Decoder | None = None,
         hidden: int = 64,
         depth: int = 2,
+        network: Network | None = None,
+        image_shape: list[int] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
@@ -88,7 +97,9 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         if decoder.deterministic and not self.objective.trains_deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
         latent = latent if latent is not None else BernoulliLatent()
-        self.net = build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
+        self.net = build_core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder, network=network,
+                              image_shape=image_shape)
+        self.network = network
         self._optimizer = optimizer
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
@@ -155,6 +166,8 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     def on_fit_start(self) -> None:
         # DDP: each rank takes its rows of the global batch's noise (Objective.draw).
         self._share = (self.trainer.world_size, self.trainer.global_rank)
+        if self.device.type == "cuda" and getattr(self.network, "channels_last", False):
+            self.net.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The objective's terms of one training batch ``x`` ``(B, D)`` at optimizer step

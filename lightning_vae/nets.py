@@ -41,16 +41,180 @@ def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _leading(x: Tensor, n_trailing: int) -> tuple[Tensor, tuple[int, ...]]:
+    """``x`` ``(*lead, *trailing)`` flattened to ``(prod(lead), *trailing)``, and ``lead``."""
+    lead = tuple(x.shape[: x.dim() - n_trailing])
+    return x.reshape(-1, *x.shape[x.dim() - n_trailing :]), lead
+
+
+def _float32(out: Tensor) -> Tensor:
+    """A network's output in at least float32: under ``bf16-mixed``/``16-mixed`` autocast the
+    layers run in half precision, but every likelihood sums D terms (1024 for a 32x32
+    image), which half precision cannot hold; the objective's arithmetic is float32."""
+    return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+
+
+class Network:
+    """Base of the architectures (``model.network``): a config object that builds the
+    encoder (data ``(..., D)`` -> ``(..., n_out)``) and the decoder trunk (latent state
+    ``(..., S)`` -> ``(..., D + n_scale)``: the mean, then ``n_scale`` log-stds: 0, 1 or D).
+    ``image_shape`` (C, H, W), where the data are images, is given by the model (linked
+    from the datamodule); an MLP ignores it."""
+
+    def encoder(self, data_dim: int, n_out: int, image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    def decoder(self, state_dim: int, data_dim: int, n_scale: int,
+                image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        raise NotImplementedError
+
+
+class MLP(Network):
+    """Fully connected encoder and decoder: ``depth`` hidden layers of ``hidden`` units with
+    SiLU (the default; ``model.hidden`` and ``model.depth`` set it when no network is given).
+
+    Args:
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+    """
+
+    def __init__(self, hidden: int = 64, depth: int = 2) -> None:
+        if depth < 0 or hidden < 1:
+            raise ValueError(f"depth must be >= 0 and hidden >= 1, got depth={depth}, hidden={hidden}")
+        self.hidden, self.depth = int(hidden), int(depth)
+
+    def encoder(self, data_dim: int, n_out: int, image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        return mlp(data_dim, self.hidden, self.depth, n_out)
+
+    def decoder(self, state_dim: int, data_dim: int, n_scale: int,
+                image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        return mlp(state_dim, self.hidden, self.depth, data_dim + n_scale)
+
+    def __repr__(self) -> str:
+        return f"MLP(hidden={self.hidden}, depth={self.depth})"
+
+
+class ConvNet(Network):
+    """A DCGAN-like convolutional encoder and decoder for images (Radford et al. 2016,
+    without batch norm, so that every image's likelihood depends on that image only, as the
+    exact and vmapped evaluations assume).
+
+    Encoder: ``depth`` blocks of Conv2d(kernel 4, stride 2, padding 1) + SiLU, the channels
+    ``width, 2 width, 4 width, ...`` (each block halves H and W), then a linear layer.
+    Decoder: the mirror image: a linear layer to the smallest feature map, ``depth - 1``
+    ConvTranspose2d(4, 2, 1) + SiLU blocks halving the channels, and a last
+    ConvTranspose2d to the image's C channels (2C with a per-pixel learned std; a shared
+    std comes from its own linear head). The output is linear (no sigmoid): a pixel can be
+    exactly 0, as the background of ``FadingSquare`` is. The model sees flat vectors
+    ``(N, C*H*W)`` (row-major over C, H, W); the network reshapes them.
+
+    Args:
+        width: channels of the first encoder block (DCGAN's ``ndf``/``ngf``).
+        depth: number of stride-2 blocks; H and W must be divisible by 2**depth.
+        channels_last: on a CUDA device, run the convolutions in channels-last memory
+            format (faster tensor-core kernels, notably under ``bf16-mixed``); ignored on
+            the CPU.
+    """
+
+    def __init__(self, width: int = 32, depth: int = 3, channels_last: bool = True) -> None:
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"width must be an integer >= 1, got {width!r}")
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        self.width, self.depth, self.channels_last = width, depth, bool(channels_last)
+
+    def _shape(self, data_dim: int, image_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+        if image_shape is None:
+            raise ValueError(f"model.network: ConvNet needs image data (data.image_shape, e.g. from "
+                             f"lightning_vae.data.FadingSquare); the data are points in R^{data_dim}: expected "
+                             f"lightning_vae.nets.MLP for them")
+        c, h, w = (int(v) for v in image_shape)
+        if c * h * w != data_dim:
+            raise ValueError(f"image_shape must have C*H*W = data_dim = {data_dim}, got {tuple(image_shape)}")
+        f = 2**self.depth
+        if h % f or w % f:
+            raise ValueError(f"model.network.init_args.depth: {self.depth} stride-2 blocks need H and W divisible "
+                             f"by {f}, got a {h}x{w} image; expected depth <= "
+                             f"{min((h & -h), (w & -w)).bit_length() - 1}")
+        return c, h, w
+
+    def encoder(self, data_dim: int, n_out: int, image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        return _ConvEncoder(self._shape(data_dim, image_shape), self.width, self.depth, n_out, self.channels_last)
+
+    def decoder(self, state_dim: int, data_dim: int, n_scale: int,
+                image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        return _ConvDecoder(state_dim, self._shape(data_dim, image_shape), self.width, self.depth, n_scale,
+                            self.channels_last)
+
+    def __repr__(self) -> str:
+        return f"ConvNet(width={self.width}, depth={self.depth}, channels_last={self.channels_last})"
+
+
+def _memory_format(x: Tensor, channels_last: bool) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.is_cuda else x
+
+
+class _ConvEncoder(nn.Module):
+    """``(..., C*H*W)`` -> ``(..., n_out)``."""
+
+    def __init__(self, shape: tuple[int, int, int], width: int, depth: int, n_out: int,
+                 channels_last: bool) -> None:
+        super().__init__()
+        self.shape, self.channels_last = shape, channels_last
+        c, h, w = shape
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Conv2d(c if i == 0 else width * 2 ** (i - 1), width * 2**i, 4, 2, 1), nn.SiLU()]
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(width * 2 ** (depth - 1) * (h >> depth) * (w >> depth), n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat, lead = _leading(x, 1)
+        h = self.conv(_memory_format(flat.reshape(-1, *self.shape), self.channels_last))
+        return _float32(self.out(h.flatten(1))).reshape(*lead, -1)
+
+
+class _ConvDecoder(nn.Module):
+    """``(..., S)`` -> ``(..., C*H*W + n_scale)``: the mean image (flat), then the log-stds."""
+
+    def __init__(self, state_dim: int, shape: tuple[int, int, int], width: int, depth: int, n_scale: int,
+                 channels_last: bool) -> None:
+        super().__init__()
+        self.shape, self.n_scale, self.channels_last = shape, n_scale, channels_last
+        c, h, w = shape
+        self.start = (width * 2 ** (depth - 1), h >> depth, w >> depth)
+        self.inp = nn.Linear(state_dim, self.start[0] * self.start[1] * self.start[2])
+        per_pixel = n_scale == c * h * w
+        if n_scale not in (0, 1) and not per_pixel:
+            raise ValueError(f"n_scale must be 0, 1 or C*H*W = {c * h * w}, got {n_scale}")
+        layers: list[nn.Module] = [nn.SiLU()]
+        for i in range(depth - 1, 0, -1):
+            layers += [nn.ConvTranspose2d(width * 2**i, width * 2 ** (i - 1), 4, 2, 1), nn.SiLU()]
+        layers.append(nn.ConvTranspose2d(width, 2 * c if per_pixel else c, 4, 2, 1))
+        self.deconv = nn.Sequential(*layers)
+        self.shared_scale = nn.Linear(state_dim, 1) if n_scale == 1 else None
+
+    def forward(self, z: Tensor) -> Tensor:
+        flat, lead = _leading(z, 1)
+        h = self.inp(flat).reshape(-1, *self.start)
+        out = _float32(self.deconv(_memory_format(h, self.channels_last))).flatten(1)  # (N, C*H*W [* 2])
+        if self.shared_scale is not None:
+            out = torch.cat([out, _float32(self.shared_scale(flat))], dim=-1)
+        return out.reshape(*lead, -1)
+
+
 VARIANCES = ("per_axis", "shared", "fixed")
 
 
 class Decoder:
     """Base of the decoder families: a config object whose ``build(state_dim, data_dim,
-    hidden, depth)`` makes the module (latent state -> loc, std), and ``deterministic``."""
+    hidden, depth, network, image_shape)`` makes the module (latent state -> loc, std), and
+    ``deterministic``. The architecture is ``network``'s (an ``MLP(hidden, depth)`` when None)."""
 
     deterministic = False
 
-    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int, network: Network | None = None,
+              image_shape: tuple[int, ...] | None = None) -> nn.Module:
         raise NotImplementedError
 
 
@@ -79,9 +243,11 @@ class GaussianDecoder(Decoder):
             raise ValueError(f"min_std must be >= 0, got {min_std}")
         self.variance, self.fixed_std, self.min_std = variance, float(fixed_std), float(min_std)
 
-    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int, network: Network | None = None,
+              image_shape: tuple[int, ...] | None = None) -> nn.Module:
         n_scale = {"per_axis": data_dim, "shared": 1, "fixed": 0}[self.variance]
-        return _DecoderNet(state_dim, data_dim, hidden, depth, n_scale, self.fixed_std, self.min_std)
+        trunk = (network or MLP(hidden, depth)).decoder(state_dim, data_dim, n_scale, image_shape)
+        return _DecoderNet(trunk, data_dim, n_scale, self.fixed_std, self.min_std)
 
     def __repr__(self) -> str:
         return f"GaussianDecoder(variance={self.variance!r}, fixed_std={self.fixed_std}, min_std={self.min_std})"
@@ -96,24 +262,26 @@ class DeterministicDecoder(Decoder):
 
     deterministic = True
 
-    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int) -> nn.Module:
-        return _DecoderNet(state_dim, data_dim, hidden, depth, n_scale=0, fixed_std=0.0, min_std=0.0)
+    def build(self, state_dim: int, data_dim: int, hidden: int, depth: int, network: Network | None = None,
+              image_shape: tuple[int, ...] | None = None) -> nn.Module:
+        trunk = (network or MLP(hidden, depth)).decoder(state_dim, data_dim, 0, image_shape)
+        return _DecoderNet(trunk, data_dim, n_scale=0, fixed_std=0.0, min_std=0.0)
 
     def __repr__(self) -> str:
         return "DeterministicDecoder()"
 
 
 class _DecoderNet(nn.Module):
-    """latent state ``(K, S)`` -> (loc ``(K, D)``, std ``(K, D)``)."""
+    """latent state ``(K, S)`` -> (loc ``(K, D)``, std ``(K, D)``), from a trunk's
+    ``(K, D + n_scale)`` output (``Network.decoder``)."""
 
-    def __init__(self, state_dim: int, data_dim: int, hidden: int, depth: int, n_scale: int,
-                 fixed_std: float, min_std: float) -> None:
+    def __init__(self, trunk: nn.Module, data_dim: int, n_scale: int, fixed_std: float, min_std: float) -> None:
         super().__init__()
         self.data_dim, self.n_scale, self.fixed_std, self.min_std = data_dim, n_scale, fixed_std, min_std
-        self.net = mlp(state_dim, hidden, depth, data_dim + n_scale)
+        self.net = trunk
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.net(z)
+        out = _float32(self.net(z))
         loc = out[..., : self.data_dim]
         if self.n_scale == 0:
             return loc, torch.full_like(loc, self.fixed_std)
@@ -133,22 +301,25 @@ class DiscreteVAE(nn.Module):
 
     def __init__(
         self, data_dim: int, latent: DiscreteLatent, hidden: int = 64,
-        depth: int = 2, decoder: Decoder | None = None,
+        depth: int = 2, decoder: Decoder | None = None, network: Network | None = None,
+        image_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.data_dim = data_dim
         self.latent = latent
         decoder = decoder if decoder is not None else GaussianDecoder()
         self.deterministic = decoder.deterministic  # std 0: a likelihood only with spread noise
-        self.encoder = mlp(data_dim, hidden, depth, latent.encoder_dim)
-        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
+        self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
+        network = network or MLP(hidden, depth)
+        self.encoder = network.encoder(data_dim, latent.encoder_dim, self.image_shape)
+        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
         if getattr(latent, "learn_prior", False):
             init = latent.log_prior(torch.zeros(()))
             self.prior_logits = nn.Parameter(init - init.mean())
 
     def log_q(self, x: Tensor) -> Tensor:
         """log q(z | x) over the latent states, ``(B, K)``."""
-        return self.latent.log_posterior(self.encoder(x))
+        return self.latent.log_posterior(_float32(self.encoder(x)))
 
     def log_prior(self, like: Tensor) -> Tensor:
         """log p(z) for each state, ``(K,)``: the latent's, or the learned weights."""
@@ -187,7 +358,7 @@ class DiscreteVAE(nn.Module):
 
     def encode(self, x: Tensor):
         """q(z | x) as a ``torch.distributions`` object."""
-        return self.latent.posterior(self.encoder(x))
+        return self.latent.posterior(_float32(self.encoder(x)))
 
     def decode(self, z: Tensor) -> Independent:
         """p(x | z) as a ``torch.distributions`` object; ``z`` holds latent values ``(N, 1)``."""
@@ -223,18 +394,21 @@ class GaussianVAE(nn.Module):
     enumerable = False
 
     def __init__(self, data_dim: int, latent: GaussianLatent, hidden: int = 64, depth: int = 2,
-                 decoder: Decoder | None = None) -> None:
+                 decoder: Decoder | None = None, network: Network | None = None,
+                 image_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.data_dim = data_dim
         self.latent = latent
         decoder = decoder if decoder is not None else GaussianDecoder()
         self.deterministic = decoder.deterministic
-        self.encoder = mlp(data_dim, hidden, depth, latent.encoder_dim)
-        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth)
+        self.image_shape = None if image_shape is None else tuple(int(v) for v in image_shape)
+        network = network or MLP(hidden, depth)
+        self.encoder = network.encoder(data_dim, latent.encoder_dim, self.image_shape)
+        self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
 
     def encode_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """loc and scale of q(z | x), ``(B, d)`` each."""
-        loc, log_scale = self.encoder(x).split(self.latent.dim, dim=-1)
+        loc, log_scale = _float32(self.encoder(x)).split(self.latent.dim, dim=-1)
         return loc, log_scale.exp()
 
     def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -310,9 +484,12 @@ def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik
 
 
 def build_core(data_dim: int, latent, hidden: int = 64, depth: int = 2,
-               decoder: Decoder | None = None) -> DiscreteVAE | GaussianVAE:
+               decoder: Decoder | None = None, network: Network | None = None,
+               image_shape: tuple[int, ...] | None = None) -> DiscreteVAE | GaussianVAE:
     """The VAE core for ``latent``: ``DiscreteVAE`` for an enumerable latent (exact sums),
     ``GaussianVAE`` otherwise (reparameterised draws). What a single run and each member
-    of an ensemble build."""
+    of an ensemble build. ``network`` is the architecture (default ``MLP(hidden, depth)``);
+    ``image_shape`` (C, H, W) where the data are images (a ``ConvNet`` needs it)."""
     core = DiscreteVAE if latent.enumerable else GaussianVAE
-    return core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder)
+    return core(data_dim, latent, hidden=hidden, depth=depth, decoder=decoder, network=network,
+                image_shape=image_shape)

@@ -348,3 +348,75 @@ class DenoisingELBO(_Noisy):
 
     def __repr__(self) -> str:
         return f"DenoisingELBO({self._repr_args()})"
+
+
+class VAEWarmStart(Objective):
+    """Start with a standard VAE, then train ``objective``: the paper's initialisation of
+    every delta-VAE ("initialised with one epoch of a standard VAE", Zhang et al. 2020,
+    section 5.2.2).
+
+    For the first ``steps`` optimizer steps the loss is the ELBO of the clean data with a
+    Gaussian likelihood of fixed std ``std`` around the decoder's mean, N(x; g(z), std^2 I),
+    whatever the decoder's own variance (a deterministic decoder included: its mean is all
+    it has); from step ``steps`` on, and in evaluation, it is ``objective`` unchanged (its
+    noise, its schedule, its logged terms; a schedule's step counts from 0, not from the
+    switch). ``train/warm_start`` logs 1 during the warm start, 0 after. One epoch is
+    ``steps = n_train // batch_size``.
+
+    Args:
+        objective: what to train after the warm start, e.g. ``SpreadELBO(noise_std=0.3)``.
+        steps: optimizer steps of the standard VAE (0: none).
+        std: the standard VAE's fixed likelihood std (the paper's VAE baseline has variance
+            0.5: std 0.7071).
+    """
+
+    def __init__(self, objective: Objective, steps: int = 0, std: float = 0.5**0.5) -> None:
+        if not isinstance(objective, Objective):
+            raise ValueError(f"objective must be an Objective (e.g. SpreadELBO), got {objective!r}")
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if not (isinstance(std, (int, float)) and math.isfinite(std) and std > 0):
+            raise ValueError(f"std must be a finite number > 0, got {std!r}")
+        self.objective, self.steps, self.std = objective, steps, float(std)
+        self.trains_deterministic = objective.trains_deterministic
+
+    def __getattr__(self, name: str):
+        # The wrapped objective's attributes (noise_std, kernel, schedule...), for monitors.
+        if name == "objective":
+            raise AttributeError(name)
+        return getattr(self.objective, name)
+
+    def warm(self, step: int | None) -> bool:
+        """Whether optimizer step ``step`` is in the warm start (never in evaluation)."""
+        return step is not None and step < self.steps
+
+    def perturb(self, x: Tensor, generator: torch.Generator | None = None,
+                step: int | None = None) -> Tensor:
+        return x if self.warm(step) else self.objective.perturb(x, generator, step)
+
+    def likelihood_scale(self, scale: Tensor) -> Tensor:
+        return self.objective.likelihood_scale(scale)
+
+    def terms(self, y: Tensor, vae: VAECore, step: int | None = None, values: bool = True,
+              eps: Tensor | None = None) -> Terms:
+        if not self.warm(step):
+            terms = self.objective.terms(y, vae, step, values, eps)
+            if values and step is not None:
+                terms.values["warm_start"] = torch.tensor(0.0)
+            return terms
+        std = self.std
+
+        def fixed(u: Tensor, scale: Tensor | None) -> Tensor:
+            return normal_log_prob(u, u.new_tensor(std))
+
+        e = vae.expectation(y, fixed, eps)
+        loss = -(e.rec - e.kl).mean()
+        logged = {}
+        if values:
+            logged = {"elbo": (e.rec - e.kl).mean(), "rec": e.rec.mean(), "kl": e.kl.mean(),
+                      "warm_start": torch.tensor(1.0)}
+        return Terms(loss=loss, values={k: v.detach() for k, v in logged.items()},
+                     scale=torch.full_like(e.scale, std).detach())
+
+    def __repr__(self) -> str:
+        return f"VAEWarmStart({self.objective!r}, steps={self.steps}, std={self.std:g})"

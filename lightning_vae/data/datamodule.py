@@ -120,6 +120,14 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
         steps_per_batch: serve this many consecutive training batches at once, ``(K, B, D)``
             (1: ``(1, B, D)``); the model's training loop takes one optimizer step per batch
             (``lightning_vae/steps.py``). Same batches, same order, same results at any K.
+        num_workers: DataLoader worker processes (0: batches are gathered in the main
+            process). A batch is one indexing of an in-memory tensor, so workers rarely
+            help; with workers the training split stays in host memory (pinned on an
+            accelerator) instead of moving to the device.
+        pin_memory: page-locked host batches for faster copies to an accelerator; None
+            (default): on when the trainer's device is not the CPU. Without workers the
+            training split is moved to the device once (no copy per step), so only the
+            evaluation batches are copied.
     """
 
     def __init__(
@@ -134,9 +142,14 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
         shuffle_seed: int | None = None,
         member_seeds: list[int] | None = None,
         steps_per_batch: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not (isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0):
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.num_workers, self.pin_memory = num_workers, pin_memory
         # The training data's per-axis std (the data scale) needs two points; the sample
         # quality compares the validation split with samples by two-sample statistics, which
         # need two points a side.
@@ -233,6 +246,20 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
         """Ambient dimension D of the data (linked to the model by the CLI)."""
         return self.manifold.dim
 
+    @property
+    def image_shape(self) -> list[int] | None:
+        """(C, H, W) of image data, None for points (linked to the model by the CLI): the
+        batches are flat ``(B, C*H*W)`` vectors either way; ``images(x)`` reshapes them."""
+        shape = getattr(self.manifold, "image_shape", None)
+        return None if shape is None else [int(v) for v in shape]
+
+    def images(self, x: Tensor) -> Tensor:
+        """Flat image data ``(..., C*H*W)`` as ``(N, C, H, W)`` images."""
+        if self.image_shape is None:
+            raise ValueError(f"{self.manifold!r} holds points, not images: expected an image manifold "
+                             f"(lightning_vae.data.FadingSquare, Sprites, Digits, ImageFiles)")
+        return x.reshape(-1, *self.image_shape)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_x is not None:
             return
@@ -265,8 +292,11 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
         if shuffle:
             sampler.resume_at, self._resume_at = self._resume_at, None
+        on_accelerator = trainer is not None and trainer.strategy.root_device.type != "cpu"
+        pin = (on_accelerator if self.pin_memory is None else self.pin_memory) and x.device.type == "cpu"
         # batch_size=None: the sampler yields whole index batches, the dataset slices them.
-        return DataLoader(_Rows(x), sampler=sampler, batch_size=None)
+        return DataLoader(_Rows(x), sampler=sampler, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=pin, persistent_workers=self.num_workers > 0)
 
     def state_dict(self) -> dict:
         """Where training stands in its epoch: the epoch and the training groups (Lightning
@@ -287,7 +317,7 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         x = self.train_x
         trainer = self.trainer
-        if trainer is not None and x.device != trainer.strategy.root_device:
+        if trainer is not None and x.device != trainer.strategy.root_device and self.num_workers == 0:
             # The whole training split lives on the accelerator (it is small): batches are
             # gathered there, with no host-to-device copy per step.
             x = x.to(trainer.strategy.root_device)
