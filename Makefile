@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds lab study
+.PHONY: setup seed test test-slow seeds lab study images
 
 setup:
 	@scripts/setup.sh
@@ -23,3 +23,8 @@ lab: setup  ## every experiment config over seeds 0-2, one table (README: Beyond
 
 study:  ## the seed study: ELBO vs spread at noise 0.1/0.3/1.0, 10 seeds each, and its report
 	@scripts/reproduce_study.sh
+
+images: setup  ## the image experiments (README: Images): 6 configs x seeds 0-2, one process each, then the table
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config fading_elbo fading_delta_gaussian fading_delta_laplace \
+		digits_vae digits_delta_gaussian digits_delta_laplace --seeds 0-2 --seeds_as processes --jobs 2 --name images
+	@$(PY) -m lightning_vae.image_report logs/sweeps/images

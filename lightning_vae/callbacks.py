@@ -73,6 +73,11 @@ class Cadence:
         return due
 
 
+# The per-state, per-axis decoder scalars (decoder/std_<axis>_z<k>, decoder/loc_<axis>_z<k>)
+# are logged for data with at most this many axes.
+MAX_PARAM_AXES = 32
+
+
 def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, float | list[float]]:
     """``decoder/std_<axis>_z<k>`` and ``decoder/loc_<axis>_z<k>`` from ``(K, D)`` decoder
     parameters, as floats (one host read), for the first ``max_states`` states; from an
@@ -417,10 +422,11 @@ class DecoderVarianceMonitor(pl.Callback):
         lik_scale = pl_module.likelihood_scale(scale)
         ratio = self._check(trainer, pl_module, step, lik_scale)
         data_scale = self._data_scale(trainer)
-        values = {"decoder/min_std_ratio": scale.flatten(-2).amin(-1) / data_scale,
-                  "decoder/min_likelihood_std_ratio": ratio,
-                  **decoder_scalars(loc, scale, self.max_states)}
         dim = scale.shape[-1]
+        values = {"decoder/min_std_ratio": scale.flatten(-2).amin(-1) / data_scale,
+                  "decoder/min_likelihood_std_ratio": ratio}
+        if dim <= MAX_PARAM_AXES:  # an image's 1024 pixels x states would be thousands of tags
+            values.update(decoder_scalars(loc, scale, self.max_states))
         if dim <= self.max_axes:
             values.update(self._per_axis(pl_module, step, scale, lik_scale, data_scale, final))
         prior_logits = pl_module.prior_logits() if hasattr(pl_module, "prior_logits") else None

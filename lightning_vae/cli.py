@@ -31,6 +31,7 @@ from lightning_vae.callbacks import (
     run_dir,
 )
 from lightning_vae.data import ManifoldDataModule
+from lightning_vae.image_callbacks import ImageQuality
 from lightning_vae.errors import USER_ERRORS, BuiltClass, bad_input, keyed_error, one_line, translate
 from lightning_vae import steps
 from lightning_vae.model import VAE
@@ -178,10 +179,12 @@ class VAECLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.link_arguments("data.steps_per_batch", "model.steps_per_batch")
         parser.add_lightning_class_args(DecoderVarianceMonitor, "decoder_monitor")
         parser.add_lightning_class_args(SampleQuality, "sample_quality")
         parser.add_lightning_class_args(SampleFigure, "sample_figure")
+        parser.add_lightning_class_args(ImageQuality, "image_quality")
         parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
         parser.add_lightning_class_args(HParamsSummary, "hparams_summary")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")

@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# The image configs: their data sets are small (1,797 digits) and their models convolutional,
+# so their tiny runs have their own sizes (tests/test_images_cli.py).
+IMAGE_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name.startswith(("fading_", "digits_", "sprites_")))
 
 # A few hundred steps: enough for the ELBO's y-std to collapse (it crosses the threshold
 # within ~100 steps) and for the spread run to show its bounded loss.

@@ -34,9 +34,14 @@ def written(tmp_path_factory) -> set[str]:
 
     root = tmp_path_factory.mktemp("logs")
     tags: set[str] = set()
-    for config in ("seed_elbo.yaml", "seed_spread.yaml", "seed_denoise.yaml", "seed_elbo_diverge.yaml",
-                   "circle_spread.yaml", "circle_gauss_spread.yaml"):
-        run = fit(config, root, "--trainer.max_epochs=2")
+    # An image config too (tiny: its own sizes), its feature network cached under tmp.
+    image = ["--data.n_train=256", "--data.n_val=64", "--data.n_test=32", "--data.batch_size=32",
+             "--model.network.init_args.width=4", "--image_quality.n_samples=64", "--image_quality.feature_steps=50",
+             f"--image_quality.cache_dir={root / 'cache'}", "--model.objective.init_args.steps=4"]
+    for config, extra in (("seed_elbo.yaml", []), ("seed_spread.yaml", []), ("seed_denoise.yaml", []),
+                          ("seed_elbo_diverge.yaml", []), ("circle_spread.yaml", []),
+                          ("circle_gauss_spread.yaml", []), ("fading_delta_gaussian.yaml", image)):
+        run = fit(config, root, "--trainer.max_epochs=2", *extra)
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
         acc.Reload()
         for kind in ("scalars", "images", "histograms"):

@@ -1,6 +1,7 @@
 """Manifold data: pure samplers, a user's own point cloud, and the LightningDataModule."""
 
 from lightning_vae.data.datamodule import ManifoldDataModule
+from lightning_vae.data.images import Digits, FadingSquare, ImageFiles, ImageManifold, Sprites
 from lightning_vae.data.manifolds import (
     Circle,
     GaussianBlobs,
@@ -18,14 +19,19 @@ from lightning_vae.data.pointcloud import PointCloud
 
 __all__ = [
     "Circle",
+    "Digits",
+    "FadingSquare",
     "GaussianBlobs",
     "Helix",
+    "ImageFiles",
+    "ImageManifold",
     "LineSegment",
     "Manifold",
     "ManifoldDataModule",
     "PointCloud",
     "Sphere",
     "Spiral",
+    "Sprites",
     "SwissRoll",
     "Torus",
     "TwoClusters",
