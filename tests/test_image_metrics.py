@@ -517,6 +517,7 @@ def _check_fading_square(cache_dir, n_train: int, n_held: int, train_kwargs: dic
     return {"held": held, "noisy": noisy, "blurred": blurred, "half": half}
 
 
+@pytest.mark.slow  # ~11 s; the digits validation stays in the default suite
 def test_fading_square_validation_quick(tmp_path):
     # 200 training steps (a third of the default) keep this one in the default suite.
     _check_fading_square(tmp_path, 1000, 500, {"steps": 200})

@@ -28,7 +28,7 @@ TINY_IMAGES = [
     "--image_quality.every_n_epochs=1",
     "--image_quality.n_samples=64",
     "--image_quality.grid=16",
-    "--image_quality.feature_steps=100",
+    "--image_quality.feature_steps=30",
     "--eval_every_n_steps=0",
     "--trainer.log_every_n_steps=1",
 ]
