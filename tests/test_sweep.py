@@ -64,6 +64,7 @@ def test_a_unit_gives_the_same_results_as_an_ensemble_and_as_processes(tmp_path)
     assert "both modes" in head  # the seed data has modes: each run's verdict, counted
 
 
+@pytest.mark.slow  # ~25-30 s: the default suite must stay under 5 minutes on 2 cores
 def test_dry_run_commands_rerun_safely_and_resume_a_killed_unit(tmp_path):
     """Each printed command is the runner restricted to one unit: killed mid-run, the same
     command resumes it from its checkpoint; run again, it is a no-op."""
@@ -183,6 +184,7 @@ def test_a_grid_key_can_belong_to_one_config():
         plan(slots, {"nope:model.hidden": ["16"]}, [0], True)
 
 
+@pytest.mark.slow  # ~16 s: the default suite must stay under 5 minutes on 2 cores
 def test_a_failed_unit_is_recorded_with_its_error_not_fatal(tmp_path):
     out = _sweep(tmp_path, "--grid", "model.objective.init_args.noise_std=-1", "--seeds", "0-1", "--name", "f")
     assert out.returncode == 1, out.stderr[-2000:]  # the sweep ran to its end; not every run finished

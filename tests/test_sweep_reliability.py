@@ -252,6 +252,7 @@ def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 240.0) -> None
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # ~25-30 s: the default suite must stay under 5 minutes on 2 cores
 def test_two_sweeps_of_one_name_do_not_run_at_once(tmp_path):
     """Sweep A holds the name's lock: B refuses in one line naming A (exit 2), a --unit of it
     refuses too; B with --wait waits for A, then finds A's run finished: nothing moved aside."""
@@ -287,6 +288,7 @@ def test_two_sweeps_of_one_name_do_not_run_at_once(tmp_path):
     assert runs["base/seed_0"]["status"] == "finished"
 
 
+@pytest.mark.slow  # ~25-30 s: the default suite must stay under 5 minutes on 2 cores
 def test_ctrl_c_stops_the_sweep_in_one_line_and_keeps_the_records(tmp_path):
     """SIGINT to the sweep alone (its fit does not get it): the fit is stopped (SIGTERM: it
     records "interrupted"), the manifest is written, one line, exit 130, no traceback."""
