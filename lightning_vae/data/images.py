@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lightning_vae.data.manifolds import Manifold, _check_int, _check_real
-from lightning_vae.data.pointcloud import _first_line, _read_npy
+from lightning_vae.data.pointcloud import NoGeometry, _first_line, _read_npy
 
 # Memory budgets (bytes) of the inversion's working tensors: the grid's templates, one chunk
 # of the grid search's distance matrix, and one chunk of the refinement's residuals and
@@ -524,12 +524,10 @@ class Sprites(ImageManifold):
 
 # --- finite sets of images ------------------------------------------------------------------
 
-class _FiniteImages(ImageData):
-    """Finitely many images ``points`` ``(P, D)``, drawn without replacement."""
+class _FiniteImages(NoGeometry, ImageData):
+    """Finitely many images ``points`` ``(P, D)``, drawn without replacement; no known
+    geometry (``NoGeometry``)."""
 
-    has_geometry = False
-    intrinsic_dim = None
-    n_components = 0
     points: Tensor
 
     @property
@@ -550,15 +548,6 @@ class _FiniteImages(ImageData):
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         return self.points[self.draw_indices(n, generator)]
-
-    def _no_geometry(self) -> NotImplementedError:
-        return NotImplementedError(f"{self!r} has no known manifold: geometry-based metrics are skipped")
-
-    def distance(self, x: Tensor) -> Tensor:
-        raise self._no_geometry()
-
-    def component(self, x: Tensor) -> Tensor:
-        raise self._no_geometry()
 
 
 class Digits(_FiniteImages):

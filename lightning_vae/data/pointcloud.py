@@ -164,7 +164,26 @@ def load_points(path: str | Path) -> Tensor:
     return x.contiguous()
 
 
-class PointCloud(Manifold):
+class NoGeometry:
+    """Mixin of the data sets whose support is unknown (a user's points or images, the
+    digits): ``has_geometry`` False, and ``distance``/``component`` raise
+    NotImplementedError, so the geometry-based metrics are skipped."""
+
+    has_geometry = False
+    intrinsic_dim = None
+    n_components = 0
+
+    def _no_geometry(self) -> NotImplementedError:
+        return NotImplementedError(f"{self!r} has no known manifold: geometry-based metrics are skipped")
+
+    def distance(self, x: Tensor) -> Tensor:
+        raise self._no_geometry()
+
+    def component(self, x: Tensor) -> Tensor:
+        raise self._no_geometry()
+
+
+class PointCloud(NoGeometry, Manifold):
     """A user's own points, drawn without replacement.
 
     ``sample(n)`` returns n distinct rows of the file (distinct indices) in an order drawn
@@ -176,10 +195,6 @@ class PointCloud(Manifold):
             (comma separated, optional one-line header); rows are points, columns
             coordinates.
     """
-
-    has_geometry = False
-    intrinsic_dim = None
-    n_components = 0
 
     def __init__(self, path: str, ambient_dim: int | None = None, rotation_seed: int = 0,
                  noise_std: float = 0.0) -> None:
@@ -200,12 +215,3 @@ class PointCloud(Manifold):
             raise ValueError(f"{self.path} holds {len(self.points)} points; "
                              f"the splits need {n} (n_train + n_val + n_test)")
         return self.points[torch.randperm(len(self.points), generator=generator)[:n]]
-
-    def _no_geometry(self) -> NotImplementedError:
-        return NotImplementedError(f"{self!r} has no known manifold: geometry-based metrics are skipped")
-
-    def distance(self, x: Tensor) -> Tensor:
-        raise self._no_geometry()
-
-    def component(self, x: Tensor) -> Tensor:
-        raise self._no_geometry()
