@@ -125,7 +125,7 @@ class ConvNet(Network):
 
     def _shape(self, data_dim: int, image_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
         if image_shape is None:
-            raise ValueError(f"model.network: ConvNet needs image data (data.image_shape, e.g. from "
+            raise ValueError(f"ConvNet needs image data (data.image_shape, e.g. from "
                              f"lightning_vae.data.FadingSquare); the data are points in R^{data_dim}: expected "
                              f"lightning_vae.nets.MLP for them")
         c, h, w = (int(v) for v in image_shape)
@@ -133,9 +133,9 @@ class ConvNet(Network):
             raise ValueError(f"image_shape must have C*H*W = data_dim = {data_dim}, got {tuple(image_shape)}")
         f = 2**self.depth
         if h % f or w % f:
-            raise ValueError(f"model.network.init_args.depth: {self.depth} stride-2 blocks need H and W divisible "
-                             f"by {f}, got a {h}x{w} image; expected depth <= "
-                             f"{min((h & -h), (w & -w)).bit_length() - 1}")
+            most = min((h & -h), (w & -w)).bit_length() - 1
+            raise ValueError(f"depth must be <= {most} for a {h}x{w} image ({self.depth} stride-2 blocks need H and W "
+                             f"divisible by {f}), got {self.depth}")
         return c, h, w
 
     def encoder(self, data_dim: int, n_out: int, image_shape: tuple[int, ...] | None = None) -> nn.Module:

@@ -111,3 +111,20 @@ def test_two_cpu_processes_train_the_one_process_run_of_an_image_model(tmp_path,
         for (_, va), (_, vb) in zip(a[tag], b[tag]):
             # Rounding of the all-reduced gradients (~1e-7) carried through 8 Adam steps.
             assert math.isclose(va, vb, rel_tol=1e-3, abs_tol=1e-4), (tag, va, vb)
+
+
+@pytest.mark.parametrize("config,arg,expected", [
+    ("digits_vae.yaml", "--model.network.init_args.depth=4",
+     "model.network.init_args.depth must be <= 3 for a 8x8 image"),
+    ("seed_spread.yaml", "--model.network=lightning_vae.nets.ConvNet", "model.network: ConvNet needs image data"),
+])
+def test_a_network_that_does_not_fit_the_data_is_one_line(config, arg, expected, tmp_path, capsys):
+    from lightning_vae.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(CONFIGS / config), arg, f"--trainer.default_root_dir={tmp_path}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0], err
+    assert not any(tmp_path.rglob("version_*"))  # nothing written
