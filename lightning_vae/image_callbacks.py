@@ -80,13 +80,12 @@ def sharpness(images: Tensor) -> Tensor:
 
     The variance-of-Laplacian focus measure (Pech-Pacheco et al. 2000): blur lowers it
     (a low-pass filter shrinks the curvature at edges), so a ratio to the data's value below
-    1 means blurrier samples than the data. Reflect padding: the border adds nothing.
+    1 means blurrier samples than the data. Replicate padding: a flat border adds nothing.
     """
-    n, c, h, w = images.shape
-    kernel = _LAPLACIAN.to(images)[None, None].expand(c, 1, 3, 3)
-    padded = F.pad(images.double() if images.dtype == torch.float64 else images.float(), (1, 1, 1, 1),
-                   mode="replicate")
-    response = F.conv2d(padded, kernel.to(padded.dtype), groups=c)  # (N, C, H, W)
+    x = images if images.dtype == torch.float64 else images.float()
+    c = x.shape[1]
+    kernel = _LAPLACIAN.to(x)[None, None].expand(c, 1, 3, 3)
+    response = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)  # (N, C, H, W)
     return response.flatten(1).var(dim=1).mean()
 
 
@@ -217,9 +216,8 @@ class ImageQuality(pl.Callback):
         manifold = datamodule.manifold
         if not torch.isfinite(x).all():
             return values  # a diverged model: the guard reports it; nothing to score
-        if getattr(manifold, "has_geometry", False) and callable(getattr(manifold, "invert", None)):
-            theta = manifold.invert(x)
-            dist = manifold.distance(x).double()
+        if getattr(manifold, "has_geometry", False) and callable(getattr(manifold, "project", None)):
+            theta, dist = manifold.project(x)  # one inversion for both
             values["images/dist_mean"] = float(dist.mean())
             values["images/dist_p95"] = float(torch.quantile(dist, 0.95))
             values["images/coverage"] = float(coverage(theta, manifold.theta_low, manifold.theta_high))

@@ -381,3 +381,14 @@ def test_datamodule_serves_flat_images():
     assert digits.image_shape == [1, 8, 8]
     with pytest.raises(ValueError, match="must be <= 1797"):
         ManifoldDataModule(manifold=Digits(), n_train=1000, n_val=400, n_test=398, batch_size=100).check_size()
+
+
+@pytest.mark.parametrize("manifold", [FadingSquare(size=16, square=4), Sprites(size=12)])
+def test_project_is_invert_and_distance_from_one_inversion(manifold):
+    g = torch.Generator().manual_seed(3)
+    x = manifold.sample(20, g) + 0.05 * torch.randn(20, manifold.dim, generator=g)
+    theta, dist = manifold.project(x)
+    assert torch.allclose(theta, manifold.invert(x), atol=1e-9)
+    assert torch.allclose(dist, manifold.distance(x).double(), rtol=1e-6)
+    # The distance is the one to the generated image at those parameters.
+    assert torch.allclose(dist, (x.double() - manifold.generate(theta).double()).norm(dim=1), rtol=1e-6)

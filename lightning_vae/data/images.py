@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lightning_vae.data.manifolds import Manifold, _check_int, _check_real
-from lightning_vae.data.pointcloud import NoGeometry, _first_line, _read_npy
+from lightning_vae.data.pointcloud import NoGeometry, _first_line, _read_npy, _torch_load
 
 # Memory budgets (bytes) of the inversion's working tensors: the grid's templates, one chunk
 # of the grid search's distance matrix, and one chunk of the refinement's residuals and
@@ -307,15 +307,26 @@ class ImageManifold(ImageData):
             theta_out[s : s + rows], cost_out[s : s + rows] = theta[pick], cost[pick].clamp(min=0)
         return theta_out, cost_out
 
+    def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """The nearest point's parameters ``(N, p)`` and the distance to it ``(N,)`` of each
+        row of ``u`` (pixels), both float64: one inversion gives both."""
+        theta, squared = self._invert64(u)
+        return theta, squared.sqrt()
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(invert(x), distance(x))`` from one inversion, float64: what a caller that needs
+        both (the image-quality callback) asks for."""
+        with torch.no_grad():
+            return self._project(self._natural(x)[0])
+
     def invert(self, x: Tensor) -> Tensor:
         """The parameters of the nearest point of the manifold to each row of ``x``
         ``(N, D)``: ``(N, p)`` float64 (computed in float64 on x's device)."""
-        with torch.no_grad():
-            return self._invert64(self._natural(x)[0])[0]
+        return self.project(x)[0]
 
     def _distance(self, u: Tensor) -> Tensor:
         with torch.no_grad():
-            return self._invert64(u)[1].sqrt()
+            return self._project(u)[1]
 
 
 class FadingSquare(ImageManifold):
@@ -358,15 +369,11 @@ class FadingSquare(ImageManifold):
     def generate(self, theta: Tensor) -> Tensor:
         return theta[:, :1] * self.template.to(theta.device, theta.dtype)
 
-    def invert(self, x: Tensor) -> Tensor:
-        u = self._natural(x)[0]
-        s = self.template.to(u.device)
-        return ((u @ s) / (s @ s)).clamp(0, 1).unsqueeze(1)
-
-    def _distance(self, u: Tensor) -> Tensor:
+    def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact: the projection onto the segment {v s : v in [0, 1]}."""
         s = self.template.to(u.device)
         v = ((u @ s) / (s @ s)).clamp(0, 1)
-        return (u - v.unsqueeze(1) * s).norm(dim=1)
+        return v.unsqueeze(1), (u - v.unsqueeze(1) * s).norm(dim=1)
 
 
 class Sprites(ImageManifold):
@@ -613,16 +620,7 @@ def _npy_dtype(path: Path):
 
 def _read_pt_images(path: Path) -> tuple[Tensor, bool]:
     """A tensor from a ``.pt`` file (as ``pointcloud._read_pt``), and whether it was uint8."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - an older format: read as it is, below
-        obj = None
-    try:
-        if obj is None:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises pickle, runtime and zip errors alike
-        raise ValueError(f"{path} could not be read by torch.load: {_first_line(e)}; expected a .pt file "
-                         f"holding one image tensor") from e
+    obj = _torch_load(path, "; expected a .pt file holding one image tensor")
     if not isinstance(obj, Tensor):
         raise ValueError(f"{path} must hold a tensor of images, got {type(obj).__name__}")
     if obj.is_complex() or obj.dtype == torch.bool or not (obj.is_floating_point() or obj.dtype == torch.uint8):

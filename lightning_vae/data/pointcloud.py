@@ -55,8 +55,11 @@ def _read_npy(path: Path):
         return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
-def _read_pt(path: Path) -> Tensor:
-    try:  # memory-mapped where it can be (a zip-format file): the shape is checked first
+def _torch_load(path: Path, expected: str = "") -> object:
+    """What a ``.pt`` file holds (tensors only: ``weights_only``), memory-mapped where it can
+    be (a zip-format file, so a shape can be checked before the data are read); a file
+    torch cannot read is a one-line ValueError, ending in ``expected`` where given."""
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - an older format: read as it is, below
         obj = None
@@ -64,7 +67,12 @@ def _read_pt(path: Path) -> Tensor:
         if obj is None:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, runtime and zip errors alike
-        raise ValueError(f"{path} could not be read by torch.load: {_first_line(e)}") from e
+        raise ValueError(f"{path} could not be read by torch.load: {_first_line(e)}{expected}") from e
+    return obj
+
+
+def _read_pt(path: Path) -> Tensor:
+    obj = _torch_load(path)
     if not isinstance(obj, Tensor):
         raise ValueError(f"{path} must hold a tensor, got {type(obj).__name__}")
     if obj.is_complex():
