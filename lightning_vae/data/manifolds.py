@@ -12,12 +12,20 @@ Gaussian noise can be added after the embedding. The base class does both, once 
 manifolds; Q is orthogonal, so distances stay exact:
 
     x = [p, 0] Q^T,   u = x Q,   d(x) = sqrt(d_nat(u[:n])^2 + |u[n:]|^2).
+
+Instead of the random Q, an explicit embedding can be given: a (D, n) matrix E with
+orthonormal columns, x = p E^T (to ``EMBEDDING_TOL`` in max |E^T E - I|). It is completed to
+an orthogonal Q whose first n columns are E exactly (a (D, D) orthogonal matrix is Q
+itself), and the formulas above apply unchanged.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 from numbers import Integral, Real
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +34,23 @@ from torch import Tensor
 from lightning_vae.data.curves import _GRID_PER_TURN, _cos_sin, curve_distance
 
 
-_EMBEDDING_ARGS = """
+EMBEDDING_TOL = 1e-6  # the largest max |E^T E - I| accepted of an explicit embedding E
+EMBEDDING_SUFFIXES = (".npy", ".pt")
+
+# The ``embedding`` entry alone: left out of the Args of a subclass that does not take it.
+_EMBEDDING_ARG = f"""
+        embedding: an explicit embedding instead of the random rotation: a (D, n) matrix E
+            with orthonormal columns, n the natural dimension (x = p E^T), or a (D, D)
+            orthogonal matrix, whose first n columns are used; inline (a list of D rows)
+            or the path of a .npy or .pt file holding it. Orthonormal to within
+            max |E^T E - I| <= {EMBEDDING_TOL:.0e}: write enough digits. Sets D
+            (``ambient_dim`` may be left out); ``rotation_seed`` must then stay 0."""
+_EMBEDDING_ARGS = f"""
         ambient_dim: dimension D of the returned points. ``None``: the natural
-            coordinates. An int D >= the natural dimension: points zero-padded to D and
-            rotated by a fixed Haar-random orthogonal D x D matrix.
-        rotation_seed: seed of that rotation (the data seed does not change it).
+            coordinates (or, with ``embedding``, its number of rows). An int D >= the
+            natural dimension: points zero-padded to D and rotated by a fixed Haar-random
+            orthogonal D x D matrix.
+        rotation_seed: seed of that rotation (the data seed does not change it).{_EMBEDDING_ARG}
         noise_std: std of isotropic Gaussian noise added in the ambient space after the
             embedding, drawn from the sampling generator (0: data exactly on the manifold).
 """
@@ -90,6 +110,96 @@ def haar_orthogonal(d: int, seed: int) -> Tensor:
     return q * torch.where(sign == 0, 1.0, sign)  # column j times sign(R_jj)
 
 
+def _embedding_shape(shape: tuple, n: int, owner: str) -> tuple[int, int]:
+    """``(D, n)`` or ``(D, D)`` with D >= n, or a ValueError naming the expected shape."""
+    if len(shape) != 2 or shape[0] < n or shape[1] not in (n, shape[0]):
+        raise ValueError(f"embedding must have shape (D, {n}) or (D, D) with D >= {n} ({owner}'s natural "
+                         f"dimension), got {tuple(int(v) for v in shape)}")
+    d = int(shape[0])
+    # The completed rotation: a D x D float64 matrix, its QR's Q and R, the result.
+    _check_fits("embedding", 32.0 * d**2, f"the rotation of R^{d} it completes to ({d} x {d} float64 matrices)")
+    return d, int(shape[1])
+
+
+def _read_embedding(path: Path, n: int, owner: str) -> Tensor:
+    """The matrix in a ``.npy`` or ``.pt`` file, its shape checked before its data are read."""
+    expected = f"expected a .npy or .pt file holding a (D, {n}) matrix"
+    if path.suffix.lower() not in EMBEDDING_SUFFIXES:
+        raise ValueError(f"embedding must be a (D, {n}) matrix or the path of a .npy or .pt file holding one, "
+                         f"got {str(path)!r}")
+    if not path.is_file():
+        raise ValueError(f"embedding: no such file {str(path)!r}; {expected}")
+    from lightning_vae.data.pointcloud import _first_line, _torch_load  # pointcloud imports this module
+
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        try:  # memory-mapped; an object array is refused, never unpickled
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"embedding: {path} could not be read as .npy: {_first_line(e)}; "
+                             f"expected np.save of a (D, {n}) float array") from e
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise ValueError(f"embedding: {path} must hold one array of real numbers, got "
+                             f"{getattr(arr, 'dtype', type(arr).__name__)}; {expected}")
+        _embedding_shape(arr.shape, n, owner)
+        return torch.from_numpy(np.array(arr, dtype=np.float64))
+    try:
+        obj = _torch_load(path, f"; {expected}")
+    except ValueError as e:
+        raise ValueError(f"embedding: {e}") from e
+    if not isinstance(obj, Tensor) or obj.is_complex():
+        got = obj.dtype if isinstance(obj, Tensor) else type(obj).__name__
+        raise ValueError(f"embedding: {path} must hold one tensor of real numbers, got {got}; {expected}")
+    _embedding_shape(tuple(obj.shape), n, owner)
+    return obj.to(torch.float64)
+
+
+def embedding_rotation(embedding, n: int, owner: str = "the manifold") -> Tensor:
+    """An explicit embedding, checked, as the orthogonal ``(D, D)`` float64 rotation Q whose
+    first ``n`` columns it is.
+
+    Args:
+        embedding: a ``(D, n)`` matrix with orthonormal columns or a ``(D, D)`` orthogonal
+            one (nested lists, a tensor, an array), or the path of a ``.npy``/``.pt`` file.
+        n: the natural dimension.
+        owner: the manifold's name, for the messages.
+
+    A (D, D) matrix is returned as it is; a (D, n) one is completed by the complete QR of
+    E, whose last D - n columns span the orthogonal complement of E's columns. Every bad
+    input is a one-line ValueError naming what was expected.
+    """
+    if isinstance(embedding, (str, os.PathLike)):
+        e = _read_embedding(Path(embedding), n, owner)
+    elif isinstance(embedding, Tensor) or hasattr(embedding, "__array__") or isinstance(embedding, (list, tuple)):
+        try:
+            e = torch.as_tensor(embedding) if not isinstance(embedding, (list, tuple)) else \
+                torch.tensor(embedding, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:  # ragged rows, words, objects
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"embedding must be a (D, {n}) matrix of real numbers with rows of equal length: "
+                             f"{reason}") from err
+        if e.is_complex():
+            raise ValueError(f"embedding must be a (D, {n}) matrix of real numbers, got dtype {e.dtype}")
+        e = e.detach().to("cpu", torch.float64)
+    else:
+        raise ValueError(f"embedding must be a (D, {n}) matrix (a list of rows, a tensor, an array) or the path "
+                         f"of a .npy or .pt file holding one, got {type(embedding).__name__}")
+    d, cols = _embedding_shape(tuple(e.shape), n, owner)
+    bad = int((~torch.isfinite(e)).sum())
+    if bad:
+        raise ValueError(f"embedding must hold finite numbers, got {bad} NaN or inf entries")
+    # A square matrix is the whole rotation: all its columns must be orthonormal.
+    off = float((e.T @ e - torch.eye(cols, dtype=torch.float64)).abs().max())
+    if not off <= EMBEDDING_TOL:
+        raise ValueError(f"embedding columns are not orthonormal: max |E^T E - I| = {off:.1e}, "
+                         f"expected <= {EMBEDDING_TOL:.0e}")
+    if cols == d:  # a copy: the caller's tensor or array may change later
+        return e.clone(memory_format=torch.contiguous_format)
+    complement = torch.linalg.qr(e, mode="complete").Q[:, cols:]  # (D, D - n), orthogonal to E's columns
+    return torch.cat([e, complement], 1)
+
+
 class Manifold:
     """A data distribution supported on a known manifold, optionally embedded in R^D.
 
@@ -98,13 +208,16 @@ class Manifold:
     implement in natural coordinates ``_sample`` ``(n_points, n)``, ``_distance`` and,
     when ``n_components > 0``, ``_component`` and ``_centres``. The public methods apply
     the embedding and the noise (module docstring). ``dim`` is the dimension of the
-    returned points: ``ambient_dim``, or n without embedding.
+    returned points: ``ambient_dim``, or n without embedding. ``rotation`` is the orthogonal
+    ``(D, D)`` float64 Q (None without embedding); ``embedding`` its first n columns.
 
     Args:
         natural_dim: dimension n of the natural coordinates (set by the subclass).
         ambient_dim: ``None`` or an int D >= n (see the subclasses).
         rotation_seed: seed of the rotation.
         noise_std: std of the ambient Gaussian noise.
+        embedding: ``None`` (the random rotation) or an explicit embedding, keyword only
+            (see the subclasses and ``embedding_rotation``).
     """
 
     dim: int
@@ -119,24 +232,46 @@ class Manifold:
         # The shared arguments are documented once and appended to every subclass's Args:
         # section, so that LightningCLI's --help lists them for each manifold.
         if cls.__doc__ and "Args:" in cls.__doc__ and "ambient_dim:" not in cls.__doc__:
-            cls.__doc__ = cls.__doc__.rstrip() + "\n" + _EMBEDDING_ARGS
+            takes_embedding = "embedding" in inspect.signature(cls.__init__).parameters
+            block = _EMBEDDING_ARGS if takes_embedding else _EMBEDDING_ARGS.replace(_EMBEDDING_ARG, "")
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + block
 
     def __init__(self, natural_dim: int, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 noise_std: float = 0.0, *, embedding: list[list[float]] | str | None = None) -> None:
+        # ``embedding`` is keyword-only: subclasses pass the other three positionally.
         name = type(self).__name__
         self.natural_dim = natural_dim
         if ambient_dim is not None:
             ambient_dim = _check_int("ambient_dim", ambient_dim, natural_dim,
                                      f" (the natural dimension of {name})")
-            # The rotation: a D x D float64 Gaussian matrix, its QR's Q and R, the result.
-            _check_fits("ambient_dim", 32.0 * ambient_dim**2,
-                        f"the random rotation of R^{ambient_dim} ({ambient_dim} x {ambient_dim} float64 matrices)")
+            if embedding is None:
+                # The rotation: a D x D float64 Gaussian matrix, its QR's Q and R, the result.
+                _check_fits("ambient_dim", 32.0 * ambient_dim**2, f"the random rotation of R^{ambient_dim} "
+                                                                  f"({ambient_dim} x {ambient_dim} float64 matrices)")
         self.rotation_seed = _check_seed("rotation_seed", rotation_seed)
         self.noise_std = _check_real("noise_std", noise_std, positive=False)
+        rotation = None
+        if embedding is not None:
+            if self.rotation_seed != 0:  # it would be ignored
+                raise ValueError(f"rotation_seed must be 0 when embedding is given (the embedding replaces the "
+                                 f"random rotation), got {self.rotation_seed}; drop one of them")
+            rotation = embedding_rotation(embedding, natural_dim, name)
+            if ambient_dim is not None and ambient_dim != len(rotation):
+                raise ValueError(f"ambient_dim must equal the number of rows of embedding ({len(rotation)}) "
+                                 f"or be left out, got {ambient_dim}")
+            ambient_dim = len(rotation)
+        elif ambient_dim is not None:
+            rotation = haar_orthogonal(ambient_dim, self.rotation_seed)
         self.ambient_dim = ambient_dim
         self.dim = natural_dim if ambient_dim is None else ambient_dim
         # Q (D, D): ambient x = [p, 0] Q^T; None keeps the natural coordinates.
-        self.rotation = None if ambient_dim is None else haar_orthogonal(ambient_dim, self.rotation_seed)
+        self.rotation = rotation
+
+    @property
+    def embedding(self) -> Tensor | None:
+        """The embedding in use, ``(D, n)`` float64 with orthonormal columns: x = p E^T (the
+        given one, or the random rotation's first n columns); None in natural coordinates."""
+        return None if self.rotation is None else self.rotation[:, : self.natural_dim].clone()
 
     # --- natural coordinates, implemented by subclasses ------------------------------------
 
@@ -228,10 +363,11 @@ class TwoClusters(Manifold):
     n_components = 2
 
     def __init__(self, cluster_std: float = 0.1, separation: float = 1.0, dim: int = 2,
-                 ambient_dim: int | None = None, rotation_seed: int = 0, noise_std: float = 0.0) -> None:
+                 ambient_dim: int | None = None, rotation_seed: int = 0,
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.cluster_std = _check_real("cluster_std", cluster_std, positive=False)
         self.separation = _check_real("separation", separation, positive=True)
-        super().__init__(_check_int("dim", dim, 1), ambient_dim, rotation_seed, noise_std)
+        super().__init__(_check_int("dim", dim, 1), ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def line_entropy(self, n_grid: int = 200_001) -> float:
         """Differential entropy (nats) of the coordinate along the line, by quadrature.
@@ -280,9 +416,9 @@ class LineSegment(Manifold):
     intrinsic_dim = 1
 
     def __init__(self, length: float = 2.0, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.length = _check_real("length", length, positive=True)
-        super().__init__(2, ambient_dim, rotation_seed, noise_std)
+        super().__init__(2, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         a = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * self.length
@@ -304,9 +440,9 @@ class Circle(Manifold):
     intrinsic_dim = 1
 
     def __init__(self, radius: float = 1.0, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.radius = _check_real("radius", radius, positive=True)
-        super().__init__(2, ambient_dim, rotation_seed, noise_std)
+        super().__init__(2, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         t = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -335,9 +471,9 @@ class TwoMoons(Manifold):
     n_components = 2
 
     def __init__(self, radius: float = 1.0, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.radius = _check_real("radius", radius, positive=True)
-        super().__init__(2, ambient_dim, rotation_seed, noise_std)
+        super().__init__(2, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         z = torch.randint(0, 2, (n, 1), generator=generator)
@@ -419,11 +555,11 @@ class Spiral(Manifold):
     intrinsic_dim = 1
 
     def __init__(self, turns: float = 2.0, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.turns = _check_real("turns", turns, positive=True)
         t1 = math.pi + 2 * math.pi * self.turns
         self.curve = _ArchimedeanCurve(math.pi, t1, 1 / t1)
-        super().__init__(2, ambient_dim, rotation_seed, noise_std)
+        super().__init__(2, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         return self.curve(self.curve.sample_t(n, generator))
@@ -450,10 +586,10 @@ class SwissRoll(Manifold):
     intrinsic_dim = 2
 
     def __init__(self, height: float = 1.5, ambient_dim: int | None = None, rotation_seed: int = 0,
-                 noise_std: float = 0.0) -> None:
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.height = _check_real("height", height, positive=True)
         self.curve = _ArchimedeanCurve(1.5 * math.pi, 4.5 * math.pi, 1 / (4.5 * math.pi))
-        super().__init__(3, ambient_dim, rotation_seed, noise_std)
+        super().__init__(3, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         xz = self.curve(self.curve.sample_t(n, generator))  # (n, 2)
@@ -476,11 +612,12 @@ class Sphere(Manifold):
     """
 
     def __init__(self, radius: float = 1.0, dim: int = 3, ambient_dim: int | None = None,
-                 rotation_seed: int = 0, noise_std: float = 0.0) -> None:
+                 rotation_seed: int = 0, embedding: list[list[float]] | str | None = None,
+                 noise_std: float = 0.0) -> None:
         self.radius = _check_real("radius", radius, positive=True)
         dim = _check_int("dim", dim, 2)
         self.intrinsic_dim = dim - 1
-        super().__init__(dim, ambient_dim, rotation_seed, noise_std)
+        super().__init__(dim, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         g = torch.randn(n, self.natural_dim, generator=generator, dtype=torch.float64)
@@ -505,13 +642,14 @@ class Torus(Manifold):
     intrinsic_dim = 2
 
     def __init__(self, major_radius: float = 1.0, minor_radius: float = 0.4,
-                 ambient_dim: int | None = None, rotation_seed: int = 0, noise_std: float = 0.0) -> None:
+                 ambient_dim: int | None = None, rotation_seed: int = 0,
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.major_radius = _check_real("major_radius", major_radius, positive=True)
         self.minor_radius = _check_real("minor_radius", minor_radius, positive=True)
         if self.minor_radius >= self.major_radius:  # else the surface intersects itself
             raise ValueError(
                 f"minor_radius must be < major_radius ({major_radius!r}), got {minor_radius!r}")
-        super().__init__(3, ambient_dim, rotation_seed, noise_std)
+        super().__init__(3, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         big, small = self.major_radius, self.minor_radius
@@ -546,13 +684,14 @@ class Helix(Manifold):
     intrinsic_dim = 1
 
     def __init__(self, radius: float = 1.0, pitch: float = 0.5, turns: float = 3.0,
-                 ambient_dim: int | None = None, rotation_seed: int = 0, noise_std: float = 0.0) -> None:
+                 ambient_dim: int | None = None, rotation_seed: int = 0,
+                 embedding: list[list[float]] | str | None = None, noise_std: float = 0.0) -> None:
         self.radius = _check_real("radius", radius, positive=True)
         self.pitch = _check_real("pitch", pitch, positive=True)
         self.turns = _check_real("turns", turns, positive=True)
         self.t1 = 2 * math.pi * self.turns
         self.n_grid = math.ceil(self.turns * _GRID_PER_TURN) + 1
-        super().__init__(3, ambient_dim, rotation_seed, noise_std)
+        super().__init__(3, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def curve(self, t: Tensor) -> Tensor:
         cos, sin = _cos_sin(t)
@@ -586,7 +725,8 @@ class GaussianBlobs(Manifold):
 
     def __init__(self, n_blobs: int = 3, dim: int = 5, subspace_dim: int = 2, blob_std: float = 0.1,
                  spread: float = 1.0, centre_seed: int = 0, ambient_dim: int | None = None,
-                 rotation_seed: int = 0, noise_std: float = 0.0) -> None:
+                 rotation_seed: int = 0, embedding: list[list[float]] | str | None = None,
+                 noise_std: float = 0.0) -> None:
         self.n_components = _check_int("n_blobs", n_blobs, 1)
         dim = _check_int("dim", dim, 1)
         self.intrinsic_dim = _check_int("subspace_dim", subspace_dim, 1)
@@ -599,7 +739,7 @@ class GaussianBlobs(Manifold):
         g = torch.Generator().manual_seed(self.centre_seed)
         u = torch.rand(n_blobs, subspace_dim, generator=g, dtype=torch.float64)
         self.loc = self.spread * (2 * u - 1)  # (k, subspace_dim)
-        super().__init__(dim, ambient_dim, rotation_seed, noise_std)
+        super().__init__(dim, ambient_dim, rotation_seed, noise_std, embedding=embedding)
 
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         z = torch.randint(0, self.n_components, (n,), generator=generator)
