@@ -76,6 +76,10 @@ class Cadence:
 # The per-state, per-axis decoder scalars (decoder/std_<axis>_z<k>, decoder/loc_<axis>_z<k>)
 # are logged for data with at most this many axes.
 MAX_PARAM_AXES = 32
+# latent/used_states: a state is used when its aggregate posterior over up to USAGE_POINTS
+# training points exceeds USED_SHARE / K (a tenth of a uniform share).
+USAGE_POINTS = 2048
+USED_SHARE = 0.1
 
 
 def decoder_scalars(loc: Tensor, scale: Tensor, max_states: int = 16) -> dict[str, float | list[float]]:
@@ -294,7 +298,10 @@ class DecoderVarianceMonitor(pl.Callback):
 
     With a learned prior (``CategoricalLatent(learn_prior=true)``) it also logs
     ``latent/effective_states`` = exp(entropy of the prior): K for a uniform prior, fewer as
-    the mixture's weights concentrate.
+    the mixture's weights concentrate. For a discrete latent it logs
+    ``latent/used_states``, the states the encoder uses (aggregate posterior over the
+    training points above a tenth of a uniform share, 0.1 / K), and with a learned prior
+    ``latent/unused_prior_mass``, the prior weight left on the others.
 
     Per ambient axis (data with D <= ``max_axes``) it logs ``decoder/std_ratio_<axis>``, the
     smallest decoder std on that axis over the latent states relative to the data scale,
@@ -433,12 +440,31 @@ class DecoderVarianceMonitor(pl.Callback):
         if prior_logits is not None:
             log_p = torch.log_softmax(prior_logits, -1)
             values["latent/effective_states"] = torch.exp(-(log_p.exp() * log_p).sum(-1))
+        values.update(self._usage(trainer, pl_module, prior_logits))
         if members(pl_module) is not None:  # NaN: not written (the member has not collapsed)
             values["decoder/collapse_step"] = torch.tensor(
                 [math.nan if c is None else c["step"] for c in self.collapses])
         elif self.collapse is not None:
             values["decoder/collapse_step"] = self.collapse["step"]
         _write(trainer, pl_module, values, step)
+
+    def _usage(self, trainer, pl_module, prior_logits: Tensor | None) -> dict[str, Tensor]:
+        """``latent/used_states``: the states whose aggregate posterior mean_x q(k | x) over
+        (up to ``USAGE_POINTS``) training points is above ``USED_SHARE`` / K, a tenth of a
+        uniform share; with a learned prior also ``latent/unused_prior_mass``, the prior
+        weight of the other states (what samples from states the encoder never uses get).
+        Discrete latents only."""
+        x = getattr(trainer.datamodule, "train_x", None)
+        if x is None or not hasattr(pl_module, "aggregate_posterior"):
+            return {}
+        q = pl_module.aggregate_posterior(x[:USAGE_POINTS].to(pl_module.device))  # (K,) or (M, K)
+        if q is None:
+            return {}
+        used = q > USED_SHARE / q.shape[-1]
+        out = {"latent/used_states": used.sum(-1).float()}
+        if prior_logits is not None:
+            out["latent/unused_prior_mass"] = (torch.softmax(prior_logits, -1) * ~used).sum(-1)
+        return out
 
     def _per_axis(self, pl_module, step: int, scale: Tensor, lik_scale: Tensor, data_scale: float,
                   final: bool) -> dict[str, float | list[float]]:

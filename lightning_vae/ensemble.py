@@ -39,7 +39,7 @@ from lightning_vae.errors import bad_input
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
 from lightning_vae.densities import normal_log_prob
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core, m_step_logits
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
 from lightning_vae.scalars import flush_event_files, write_scalars
 from lightning_vae.steps import KStepTraining
@@ -111,7 +111,10 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         self._network = network
         params, _ = stack_module_state(members)  # name -> (M, ...)
         self._names = list(params)
-        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self._names])
+        # requires_grad as in the member (the M-step's mixture weights take no gradient).
+        grads = dict(members[0].named_parameters())
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone(), requires_grad=grads[n].requires_grad)
+                                         for n in self._names])
         self._template = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule
         self._optimizer = optimizer
         self._noise: list[torch.Generator] | None = None
@@ -124,6 +127,8 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         # Each member's latest logged value per tag (what trainer.callback_metrics is to a
         # single run), for HPARAMS and the summary.
         self.member_metrics: list[dict[str, float]] = [{} for _ in seeds]
+        self._posterior_sum: Tensor | None = None  # the M-step's statistic (see VAE)
+        self._posterior_batches = 0
 
     @property
     def members(self) -> list[int]:
@@ -245,7 +250,14 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
 
     @torch.no_grad()
     def on_after_optimizer_step(self, step: int) -> None:
-        for i, weights in self._frozen_weights.items():
+        if self._posterior_sum is not None:  # each member's M-step (CategoricalLatent(prior_update="em"))
+            mean = self._posterior_sum / self._posterior_batches  # (M, K)
+            if self.trainer.world_size > 1:
+                mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+            logits = self._params()["net.prior_logits"]
+            logits.copy_(m_step_logits(logits, mean, self._template[0].net.latent.prior_rate))
+        self._posterior_sum, self._posterior_batches = None, 0
+        for i, weights in self._frozen_weights.items():  # after the M-step: a frozen member keeps its weights
             for p, w in zip(self.stacked, weights):
                 p[i] = w
 
@@ -254,8 +266,28 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         # Each member's noise from its own generator, as in its single run.
         y, eps = self.member_draws(x, self._generators(x.device), step)  # (M, B, D), (M, S, B, d)
         terms = self.member_terms(y, step, values, eps)
+        if getattr(self._template[0].net.latent, "em_prior", False):
+            with torch.no_grad():  # each member's aggregate posterior on its own y (see VAE.step_terms)
+                mean = self._member_posterior(y)
+            self._posterior_sum = mean if self._posterior_sum is None else self._posterior_sum + mean
+            self._posterior_batches += 1
         self.last_terms = terms  # scale (M, K, D), for the monitor; see VAE
         return terms
+
+    @torch.no_grad()
+    def aggregate_posterior(self, x: Tensor) -> Tensor | None:
+        """Every member's mean_x q(k | x) on shared data ``x``, ``(M, K)`` (None for a
+        continuous latent); see ``VAE.aggregate_posterior``."""
+        return self._vmapped("net.aggregate_posterior", x) if self._template[0].net.enumerable else None
+
+    def _member_posterior(self, y: Tensor) -> Tensor:
+        """mean_b q(k | y_b) of each member on its own data ``y`` ``(M, B, D)``, ``(M, K)``."""
+        caller = _MethodCaller(self._template[0], "net.aggregate_posterior")
+
+        def one(params, ym):
+            return functional_call(caller, {f"inner.{k}": v for k, v in params.items()}, (ym,))
+
+        return vmap(one)(self._params(), y)
 
     def log_train(self, terms, step: int) -> None:
         lr = torch.tensor(float(self.optimizers().param_groups[0]["lr"])).expand(len(self.seeds))

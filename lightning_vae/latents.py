@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical
 
+PRIOR_UPDATES = ("em", "gradient")  # CategoricalLatent(prior_update=...)
+
 
 class Latent:
     """Base of the latent families (``model.latent``): ``enumerable`` ones are summed over
@@ -84,19 +86,31 @@ class CategoricalLatent(DiscreteLatent):
     z one-hot, ``(K, K)``. With K = 2 it is the Bernoulli latent written with two logits
     (q(z=1|x) = sigmoid(l1 - l0)): the same ELBO and log p(x) (tested).
 
-    With ``learn_prior`` the prior's logits are a parameter of the model (initialised at
-    ``prior``), trained with the rest by the same objective: p(x) = sum_k pi_k p(x|k) is then
-    a mixture with learned weights. A state the encoder never uses gets pi_k -> 0 instead of
-    keeping 1/K of the samples (a fixed uniform prior keeps sampling such "dead" states).
+    With ``learn_prior`` the prior's weights pi are learned (initialised at ``prior``):
+    p(x) = sum_k pi_k p(x|k) is then a mixture with learned weights, and a state the encoder
+    never uses gets pi_k -> 0 instead of keeping 1/K of the samples (a fixed uniform prior
+    keeps sampling such "dead" states). ``prior_update`` says how:
+
+    - ``"em"`` (default): the exact M-step. Given the encoder, the objective's best weights
+      are the aggregate posterior pi_k = E_y q(k | y) (the only prior-dependent term is
+      -E_y KL(q(.|y) || pi), maximised over the simplex there), so after every optimizer
+      step pi <- (1 - prior_rate) pi + prior_rate * mean_b q(k | y_b) over the step's batch
+      y (the data the objective scored, e.g. spread), an online EM (Cappe & Moulines 2009):
+      a running estimate of the aggregate posterior, not limited by the learning rate;
+    - ``"gradient"``: the prior's logits are a parameter trained by the optimizer with the
+      rest (under Adam a logit moves ~lr per step, so a dead state's weight falls slowly).
 
     Args:
         n_states: K >= 2.
         prior: p(z) for each state (sums to 1); ``None``: uniform.
         learn_prior: learn the prior's weights (initialised at ``prior``).
+        prior_update: "em" (the M-step above) or "gradient" (with ``learn_prior``).
+        prior_rate: the M-step's step size in (0, 1]: 1 sets pi to each batch's aggregate
+            posterior; smaller averages over about 1 / prior_rate batches.
     """
 
     def __init__(self, n_states: int = 4, prior: list[float] | None = None,
-                 learn_prior: bool = False) -> None:
+                 learn_prior: bool = False, prior_update: str = "em", prior_rate: float = 0.01) -> None:
         if isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 2:
             raise ValueError(f"n_states must be an integer >= 2, got {n_states!r}")
         if prior is not None:
@@ -106,9 +120,19 @@ class CategoricalLatent(DiscreteLatent):
                 raise ValueError(f"prior must be positive and sum to 1, got {list(prior)}")
         if not isinstance(learn_prior, bool):
             raise ValueError(f"learn_prior must be true or false, got {learn_prior!r}")
+        if prior_update not in PRIOR_UPDATES:
+            raise ValueError(f"prior_update must be one of {', '.join(PRIOR_UPDATES)}, got {prior_update!r}")
+        if isinstance(prior_rate, bool) or not isinstance(prior_rate, (int, float)) or not 0 < prior_rate <= 1:
+            raise ValueError(f"prior_rate must be a number in (0, 1], got {prior_rate!r}")
         self.n_states = int(n_states)
         self.prior_probs = None if prior is None else [float(p) for p in prior]
         self.learn_prior = learn_prior
+        self.prior_update, self.prior_rate = prior_update, float(prior_rate)
+
+    @property
+    def em_prior(self) -> bool:
+        """Whether the learned weights are set by the M-step (not by gradients)."""
+        return self.learn_prior and self.prior_update == "em"
 
     @property
     def encoder_dim(self) -> int:
@@ -137,8 +161,8 @@ class CategoricalLatent(DiscreteLatent):
         return Categorical(logits=logits)
 
     def prior(self) -> Categorical:
-        """The configured prior (with ``learn_prior``, the initial one; the learned weights
-        are the model's ``net.log_prior``)."""
+        """The configured prior (with ``learn_prior``, the initial one; the learned one is
+        ``model.prior()``)."""
         return Categorical(logits=self.log_prior(torch.zeros(())))
 
     def index(self, z: Tensor) -> Tensor:
@@ -147,7 +171,8 @@ class CategoricalLatent(DiscreteLatent):
 
     def __repr__(self) -> str:
         return (f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs}, "
-                f"learn_prior={self.learn_prior})")
+                f"learn_prior={self.learn_prior}, prior_update={self.prior_update!r}, "
+                f"prior_rate={self.prior_rate})")
 
 
 class GaussianLatent(Latent):

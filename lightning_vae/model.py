@@ -113,6 +113,10 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         # optimizer step (None before the first): callbacks read ``last_terms.scale``, the
         # likelihood std, instead of a second decoder pass.
         self.last_terms: Terms | None = None
+        # The M-step's statistic of the current optimizer step: the sum of its batches'
+        # aggregate posteriors, and how many batches (prior_update "em").
+        self._posterior_sum: Tensor | None = None
+        self._posterior_batches = 0
 
     # --- public API -------------------------------------------------------------------
 
@@ -128,9 +132,23 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         """Exact log-likelihood of the clean model per point, ``(B,)``."""
         return self.net.log_px(x)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples of the clean model (no spread noise), ``(n, D)``."""
-        return self.net.sample(n, generator=generator)
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``n`` samples of the clean model (no spread noise), ``(n, D)``; with
+        ``return_latent``, ``(x, z)``: also the latent of each sample (the state index
+        ``(n,)`` for a discrete latent, the value ``(n, d)`` for a continuous one)."""
+        return self.net.sample(n, generator=generator, return_latent=return_latent)
+
+    @torch.no_grad()
+    def aggregate_posterior(self, x: Tensor) -> Tensor | None:
+        """mean_x q(k | x) over the rows of ``x``, ``(K,)``, for a discrete latent (None for
+        a continuous one): how much of the data the encoder sends to each state."""
+        return self.net.aggregate_posterior(x) if self.net.enumerable else None
+
+    def prior(self):
+        """The prior p(z) as a ``torch.distributions`` object (the learned mixture weights
+        of ``CategoricalLatent(learn_prior=true)`` included)."""
+        return self.net.prior()
 
     def decoder_params(self) -> tuple[Tensor, Tensor]:
         """Decoder mean and std per latent state, ``(K, D)`` each."""
@@ -172,9 +190,33 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The objective's terms of one training batch ``x`` ``(B, D)`` at optimizer step
         ``step``, its noise from the run's generator."""
-        terms = self.objective(x, self.net, self.noise_generator(x.device), step, values, self._share)
+        if not self._em_prior:
+            terms = self.objective(x, self.net, self.noise_generator(x.device), step, values, self._share)
+        else:  # what Objective.__call__ does, keeping y for the M-step
+            if self.net.deterministic and not self.objective.trains_deterministic:
+                raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+            y, eps = self.objective.draw(x, self.net, self.noise_generator(x.device), step, self._share)
+            terms = self.objective.terms(y, self.net, step, values, eps)
+            with torch.no_grad():  # the aggregate posterior at the weights that scored the batch
+                mean = self.net.aggregate_posterior(y)
+                # Summed over the batches of one optimizer step (accumulate_grad_batches).
+                self._posterior_sum = mean if self._posterior_sum is None else self._posterior_sum + mean
+                self._posterior_batches += 1
         self.last_terms = terms
         return terms
+
+    @property
+    def _em_prior(self) -> bool:
+        return bool(getattr(self.net.latent, "em_prior", False))
+
+    def on_after_optimizer_step(self, step: int) -> None:
+        """The M-step of the learned mixture weights (``CategoricalLatent(prior_update="em")``)."""
+        if self._em_prior and self._posterior_sum is not None:
+            mean = self._posterior_sum / self._posterior_batches
+            if self.trainer.world_size > 1:  # the global batch's mean (equal batches per rank)
+                mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+            self.net.m_step(mean, self.net.latent.prior_rate)
+        self._posterior_sum, self._posterior_batches = None, 0
 
     def _eval_step(self, x: Tensor, stage: str) -> Tensor:
         generator = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)

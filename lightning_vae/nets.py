@@ -13,7 +13,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from lightning_vae.densities import (
     Expectation,
@@ -204,6 +204,9 @@ class _ConvDecoder(nn.Module):
 
 
 VARIANCES = ("per_axis", "shared", "fixed")
+# The least weight of a state under the M-step (CategoricalLatent(prior_update="em")):
+# log pi stays finite, and a state at the floor holds a negligible share of the samples.
+PRIOR_FLOOR = 1e-12
 
 
 class Decoder:
@@ -289,6 +292,19 @@ class _DecoderNet(nn.Module):
         return loc, scale + self.min_std if self.min_std else scale
 
 
+def m_step_logits(logits: Tensor, posterior_mean: Tensor, rate: float) -> Tensor:
+    """The M-step of mixture weights in logit form: pi = softmax(``logits``) moved to
+    (1 - rate) pi + rate * ``posterior_mean`` (the aggregate posterior; rate 1: the exact
+    M-step), floored at ``PRIOR_FLOOR`` so that log pi stays finite; returned as centred
+    logits. Rows (leading dims, e.g. an ensemble's members) are independent; a row whose
+    result is not finite (a non-finite step the divergence guard skips) is unchanged."""
+    old = torch.softmax(logits, -1)
+    pi = ((1 - rate) * old + rate * posterior_mean.to(old)).clamp_min(PRIOR_FLOOR)
+    log_pi = pi.log()
+    new = log_pi - log_pi.mean(-1, keepdim=True)
+    return torch.where(torch.isfinite(new).all(-1, keepdim=True), new, logits)
+
+
 class DiscreteVAE(nn.Module):
     """Encoder, decoder and a discrete latent whose states are enumerated exactly.
 
@@ -315,7 +331,10 @@ class DiscreteVAE(nn.Module):
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
         if getattr(latent, "learn_prior", False):
             init = latent.log_prior(torch.zeros(()))
-            self.prior_logits = nn.Parameter(init - init.mean())
+            # Trained by the optimizer ("gradient"), or set by the M-step ("em": no gradient,
+            # so the optimizer leaves it alone; it stays a parameter for checkpoints, DDP's
+            # broadcast and the ensemble's stacking).
+            self.prior_logits = nn.Parameter(init - init.mean(), requires_grad=not getattr(latent, "em_prior", False))
 
     def log_q(self, x: Tensor) -> Tensor:
         """log q(z | x) over the latent states, ``(B, K)``."""
@@ -327,10 +346,44 @@ class DiscreteVAE(nn.Module):
             return torch.log_softmax(self.prior_logits.to(like.dtype), -1)
         return self.latent.log_prior(like)
 
+    def prior(self) -> Distribution:
+        """The prior p(z) as a ``torch.distributions`` object: the latent's, or a
+        ``Categorical`` over the learned weights."""
+        if hasattr(self, "prior_logits"):
+            return Categorical(logits=self.log_prior(self.prior_logits.detach()))
+        return self.latent.prior()
+
+    def aggregate_posterior(self, y: Tensor) -> Tensor:
+        """mean_b q(k | y_b) over the rows of ``y`` ``(B, D)``, ``(K,)``: the M-step's target."""
+        return self.log_q(y).exp().mean(0)
+
+    @torch.no_grad()
+    def m_step(self, posterior_mean: Tensor, rate: float) -> None:
+        """pi <- (1 - rate) pi + rate * ``posterior_mean``: the learned weights, in place."""
+        self.prior_logits.copy_(m_step_logits(self.prior_logits, posterior_mean, rate))
+
     def decoder_params(self, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decoder mean and std for every latent state, ``(K, D)`` each."""
         like = like if like is not None else next(self.parameters())
         return self.decoder(self.latent.states(like))
+
+    def _states_of(self, z: Tensor) -> Tensor:
+        """Decoder inputs for ``z``: state indices ``(N,)`` (an integer tensor) or latent
+        values as the decoder takes them (``(N, state_dim)``: one-hot rows for a
+        categorical latent, 0/1 for a Bernoulli one)."""
+        like = next(self.parameters())
+        if not z.is_floating_point():
+            k = self.latent.n_states
+            if z.dim() != 1 or (len(z) and (int(z.min()) < 0 or int(z.max()) >= k)):
+                raise ValueError(f"state indices must be a 1-D integer tensor of values in 0..{k - 1}, got "
+                                 f"shape {tuple(z.shape)}" + (f", values {int(z.min())}..{int(z.max())}" if len(z) else ""))
+            return self.latent.states(like)[z.to(like.device)]
+        width = self.latent.state_dim
+        z = z.reshape(len(z), -1) if z.dim() == 1 and width == 1 else z
+        if z.dim() != 2 or z.shape[1] != width:
+            raise ValueError(f"z must be state indices (N,) (an integer tensor) or latent values (N, {width}), "
+                             f"got shape {tuple(z.shape)}")
+        return z.to(like)
 
     def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> None:
         """An enumerated latent needs no noise: None."""
@@ -361,16 +414,21 @@ class DiscreteVAE(nn.Module):
         return self.latent.posterior(_float32(self.encoder(x)))
 
     def decode(self, z: Tensor) -> Independent:
-        """p(x | z) as a ``torch.distributions`` object; ``z`` holds latent values ``(N, 1)``."""
+        """p(x | z) as a ``torch.distributions`` object. ``z``: state indices ``(N,)`` (an
+        integer tensor, e.g. what ``sample(n, return_latent=True)`` returns) or latent
+        values ``(N, state_dim)`` (one-hot rows for a categorical latent, 0/1 for a
+        Bernoulli one)."""
         if self.deterministic:
             raise ValueError("a deterministic decoder has no density: p(x|z) = delta(x - loc); "
                              "use decoder_params() for loc")
-        loc, scale = self.decoder(z.reshape(len(z), -1).to(next(self.parameters()).dtype))
+        loc, scale = self.decoder(self._states_of(z))
         return Independent(Normal(loc, scale), 1)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples of the clean model p(x) (no spread noise), ``(n, D)``."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``n`` samples of the clean model p(x) (no spread noise), ``(n, D)``; with
+        ``return_latent`` also the state each came from, ``(n,)`` long."""
         like = next(self.parameters())
         loc, scale = self.decoder_params(like)  # (K, D)
         probs = self.log_prior(like).exp()
@@ -378,7 +436,8 @@ class DiscreteVAE(nn.Module):
         k = torch.multinomial(probs.to(device), n, replacement=True, generator=generator)
         eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
         k, eps = k.to(like.device), eps.to(like.device)
-        return loc[k] + scale[k] * eps
+        x = loc[k] + scale[k] * eps
+        return (x, k) if return_latent else x
 
 
 class GaussianVAE(nn.Module):
@@ -453,15 +512,25 @@ class GaussianVAE(nn.Module):
         loc, scale = self.decoder(z.to(next(self.parameters()).dtype))
         return Independent(Normal(loc, scale), 1)
 
+    def prior(self) -> Distribution:
+        """The prior p(z) = N(0, I) as a ``torch.distributions`` object."""
+        like = next(self.parameters())
+        zero = torch.zeros(self.latent.dim, dtype=like.dtype, device=like.device)
+        return Independent(Normal(zero, torch.ones_like(zero)), 1)
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples of the clean model p(x) = E_z p(x|z), ``(n, D)``."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``n`` samples of the clean model p(x) = E_z p(x|z), ``(n, D)``; with
+        ``return_latent`` also the latent values they were decoded from, ``(n, d)``."""
         like = next(self.parameters())
         device = generator.device if generator is not None else like.device
         z = torch.randn(n, self.latent.dim, generator=generator, device=device, dtype=like.dtype)
         eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
-        loc, scale = self.decoder(z.to(like.device))
-        return loc + scale * eps.to(like.device)
+        z = z.to(like.device)
+        loc, scale = self.decoder(z)
+        x = loc + scale * eps.to(like.device)
+        return (x, z) if return_latent else x
 
 
 def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik):

@@ -60,6 +60,9 @@ def test_categorical_vae_enumerates_k_states_exactly():
     (dict(n_states=3, prior=[0.5, 0.5]), "prior must have n_states = 3 entries"),
     (dict(n_states=2, prior=[0.7, 0.7]), "prior must be positive and sum to 1"),
     (dict(n_states=2, learn_prior="yes"), "learn_prior must be true or false, got 'yes'"),
+    (dict(n_states=2, prior_update="adam"), "prior_update must be one of em, gradient, got 'adam'"),
+    (dict(n_states=2, prior_rate=0), r"prior_rate must be a number in \(0, 1\], got 0"),
+    (dict(n_states=2, prior_rate=1.5), r"prior_rate must be a number in \(0, 1\], got 1.5"),
 ])
 def test_categorical_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -68,9 +71,11 @@ def test_categorical_bad_arguments(bad, match):
 
 def test_learned_prior_gradient_is_posterior_minus_prior():
     """With learned weights pi = softmax(l), the ELBO's prior term is sum_k q_k log pi_k, so
-    d loss / d l = -(mean_x q(.|x) - pi): the weights move towards the encoder's usage."""
+    d loss / d l = -(mean_x q(.|x) - pi): the weights move towards the encoder's usage
+    (prior_update "gradient"; the M-step's fixed point is where this vanishes)."""
     torch.manual_seed(0)
-    vae = DiscreteVAE(D, CategoricalLatent(5, prior=[0.1, 0.2, 0.3, 0.2, 0.2], learn_prior=True))
+    vae = DiscreteVAE(D, CategoricalLatent(5, prior=[0.1, 0.2, 0.3, 0.2, 0.2], learn_prior=True,
+                                           prior_update="gradient"))
     torch.testing.assert_close(vae.log_prior(_x()).exp(), torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2]))
     x = _x()
     loss = ELBO().terms(x, vae, step=0).loss
