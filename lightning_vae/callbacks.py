@@ -628,8 +628,9 @@ class DecoderVarianceMonitor(pl.Callback):
                            trainer.global_step)
             if hasattr(q, "probs"):  # discrete: the posterior probabilities
                 _histogram(writer, "encoder/q_z1", q.probs, trainer.global_step)
-            else:  # Gaussian: the posterior std (near 1 everywhere is posterior collapse)
-                _histogram(writer, "encoder/q_std", q.base_dist.scale, trainer.global_step)
+            else:  # sampled: the posterior std (near the prior's everywhere is posterior collapse)
+                std = q.base_dist.scale if hasattr(q, "base_dist") else q.sigma  # Gaussian; hyperspherical
+                _histogram(writer, "encoder/q_std", std, trainer.global_step)
 
 
 class SampleQuality(pl.Callback):
@@ -888,6 +889,7 @@ class SampleFigure(pl.Callback):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy
 
         core = getattr(model, "net", model)  # a VAE's core, or an ensemble member (a core)
         if getattr(core, "encoder", None) is None:
@@ -927,6 +929,7 @@ class SampleFigure(pl.Callback):
                 what = f"most probable of {n_states} states ({used} used)"
         else:
             loc, scale = (t.float().cpu().numpy() for t in core.encode_params(x))  # (N, d)
+            scale = numpy.broadcast_to(scale, loc.shape)  # a hyperspherical latent's one tangent std
             n_dims = min(loc.shape[1], 4)
             for i in range(n_dims):
                 colour = f"C{i}"
@@ -936,7 +939,7 @@ class SampleFigure(pl.Callback):
             ax.set_ylabel("posterior mean of z")
             ax.legend(loc="upper right", fontsize=7, markerscale=3)
             shown = f" (first {n_dims} of {loc.shape[1]})" if n_dims < loc.shape[1] else ""
-            what = f"q(z|x) of the Gaussian latent{shown}"
+            what = f"q(z|x) of the {type(core.latent).__name__}{shown}"
         ax.set_xlabel(xlabel, fontsize=9)
         ax.set_title(f"posterior along the data, step {step}: {what}", fontsize=9)
         fig.subplots_adjust(left=0.11, right=0.92 if colourbar else 0.97, bottom=0.14, top=0.92)

@@ -45,8 +45,7 @@ def decoder_means(net, n: int, generator: torch.Generator | None = None) -> Tens
         loc, _ = net.decoder_params(like)
         k = torch.multinomial(net.log_prior(like).exp().to(device), n, replacement=True, generator=generator)
         return loc[k.to(like.device)]
-    z = torch.randn(n, net.latent.dim, generator=generator, device=device, dtype=like.dtype).to(like.device)
-    return net.decoder(z)[0]
+    return net.decoder(net.latent.sample_prior(n, generator, like))[0]
 
 
 def encode_mean(net, x: Tensor) -> Tensor:
@@ -54,7 +53,7 @@ def encode_mean(net, x: Tensor) -> Tensor:
     state's decoder input (discrete)."""
     if net.enumerable:
         return net.latent.states(x)[net.log_q(x).argmax(-1)]
-    return net.encode_params(x)[0]
+    return net.latent.mean(net.encode_params(x))
 
 
 def reconstruct(net, x: Tensor) -> Tensor:
@@ -71,7 +70,7 @@ def interpolate(net, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
                          "GaussianLatent")
     z_a, z_b = encode_mean(net, x_a), encode_mean(net, x_b)  # (P, d)
     t = torch.linspace(0, 1, steps, dtype=z_a.dtype, device=z_a.device)[None, :, None]
-    z = z_a[:, None] * (1 - t) + z_b[:, None] * t  # (P, steps, d)
+    z = net.latent.interpolate(z_a[:, None], z_b[:, None], t)  # (P, steps, d)
     return net.decoder(z)[0]
 
 

@@ -5,6 +5,11 @@ A discrete latent (``BernoulliLatent``, ``CategoricalLatent``) is enumerated exa
 log-probabilities, and ``log_posterior(logits)`` turns the encoder's output into
 log q(z|x) over the same states.
 Every expectation over q is then an exact weighted sum; no sampling, no estimator.
+
+A sampled latent (``GaussianLatent``, ``HypersphericalLatent``: ``SampledLatent``) is
+reparameterised by standard normal draws from the run's generator: z = rsample(params,
+eps), with log p(z) - log q(z|x) exact at every draw (the IWAE bound in evaluation) and the
+KL exact where it has a closed form (Gaussian) or estimated by the draws (hyperspherical).
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical
+from torch.distributions import Bernoulli, Categorical, Independent, Normal
 
+from lightning_vae import spherical
+from lightning_vae.densities import gaussian_kl
+
+LOG_2PI = math.log(2 * math.pi)
 PRIOR_UPDATES = ("em", "gradient")  # CategoricalLatent(prior_update=...)
 
 
@@ -175,15 +184,62 @@ class CategoricalLatent(DiscreteLatent):
                 f"prior_rate={self.prior_rate})")
 
 
-class GaussianLatent(Latent):
-    """z ~ N(0, I_dim), q(z | x) = N(loc(x), diag(scale(x)^2)), reparameterised (not enumerable).
+class SampledLatent(Latent):
+    """Base of the continuous latents (not enumerable): z is reparameterised as a function
+    of the encoder's output and standard normal noise ``eps`` drawn from the run's
+    generator (``draw``), so every draw is reproducible, resumable and per ensemble member.
 
-    Training estimates E_q log p(x|z) with ``n_samples`` draws per point (the KL to the
-    prior is exact); evaluation reports the importance-weighted bound (IWAE, Burda et al.
-    2016) with ``iwae_samples`` draws: log (1/K) sum_k p(x, z_k) / q(z_k | x) <= log p(x),
-    equal to the single-sample ELBO for K = 1 and non-decreasing in K on average.
-    The decoder is monitored at ``n_probe`` fixed prior draws (``states``), which stand in
-    for the states of a discrete latent in ``decoder/*_z<k>``.
+    Training estimates E_q log p(x|z) with ``n_samples`` draws per point; evaluation
+    reports the importance-weighted bound (IWAE, Burda et al. 2016) with ``iwae_samples``
+    draws: log (1/K) sum_k p(x, z_k) / q(z_k | x) <= log p(x), equal to the single-sample
+    ELBO for K = 1 and non-decreasing in K on average. The decoder is monitored at
+    ``n_probe`` fixed prior draws (``states``), which stand in for the states of a discrete
+    latent in ``decoder/*_z<k>``.
+
+    A subclass sets ``noise_dim`` and implements ``encoder_dim``, ``split`` (encoder output
+    to the posterior's parameters ``(loc, scale)``), ``rsample``, ``log_ratio``, ``kl``,
+    ``prior``, ``posterior``, ``sample_prior``, ``mean`` and ``interpolate``.
+    """
+
+    enumerable = False
+
+    def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4,
+                 min_dim: int = 1) -> None:
+        for name, value, low in [("dim", dim, min_dim), ("n_samples", n_samples, 1),
+                                 ("iwae_samples", iwae_samples, 1), ("n_probe", n_probe, 1)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.dim, self.n_samples, self.iwae_samples, self.n_probe = dim, n_samples, iwae_samples, n_probe
+
+    @property
+    def noise_dim(self) -> int:
+        """The width of one standard normal draw ``eps``."""
+        return self.dim
+
+    @property
+    def state_dim(self) -> int:
+        return self.dim
+
+    def states(self, like: Tensor) -> Tensor:
+        """The ``n_probe`` fixed prior draws, ``(n_probe, dim)``."""
+        z = self.sample_prior(self.n_probe, torch.Generator().manual_seed(0), torch.zeros((), dtype=torch.float32))
+        return z.to(dtype=like.dtype, device=like.device)
+
+    def draw(self, n_points: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """Standard normal draws for the reparameterisation, ``(S, n_points, noise_dim)``."""
+        s = self.n_samples if training else self.iwae_samples
+        device = generator.device if generator is not None else like.device
+        eps = torch.randn(s, n_points, self.noise_dim, generator=generator, device=device, dtype=like.dtype)
+        return eps.to(like.device)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(dim={self.dim}, n_samples={self.n_samples}, "
+                f"iwae_samples={self.iwae_samples}, n_probe={self.n_probe})")
+
+
+class GaussianLatent(SampledLatent):
+    """z ~ N(0, I_dim), q(z | x) = N(loc(x), diag(scale(x)^2)), reparameterised (not enumerable);
+    the KL to the prior is exact. See ``SampledLatent`` for training and evaluation.
 
     Args:
         dim: latent dimension (>= 1).
@@ -192,35 +248,141 @@ class GaussianLatent(Latent):
         n_probe: fixed prior draws at which the decoder is monitored (>= 1).
     """
 
-    enumerable = False
-
     def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4) -> None:
-        for name, value in [("dim", dim), ("n_samples", n_samples), ("iwae_samples", iwae_samples),
-                            ("n_probe", n_probe)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.dim, self.n_samples, self.iwae_samples, self.n_probe = dim, n_samples, iwae_samples, n_probe
+        super().__init__(dim, n_samples, iwae_samples, n_probe)
 
     @property
     def encoder_dim(self) -> int:
         return 2 * self.dim  # mean and log-std
 
-    @property
-    def state_dim(self) -> int:
-        return self.dim
+    def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """loc and scale of q(z | x) from the encoder's output, ``(B, dim)`` each."""
+        loc, log_scale = out.split(self.dim, dim=-1)
+        return loc, log_scale.exp()
 
-    def states(self, like: Tensor) -> Tensor:
-        """The ``n_probe`` fixed prior draws, ``(n_probe, dim)``."""
-        z = torch.randn(self.n_probe, self.dim, generator=torch.Generator().manual_seed(0))
-        return z.to(dtype=like.dtype, device=like.device)
+    def rsample(self, params: tuple[Tensor, Tensor], eps: Tensor) -> Tensor:
+        """z = loc + scale * eps, ``(S, B, dim)``."""
+        loc, scale = params
+        return loc + scale * eps
 
-    def draw(self, n_points: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
-        """Standard normal draws for the reparameterisation, ``(S, n_points, dim)``."""
-        s = self.n_samples if training else self.iwae_samples
+    def log_ratio(self, z: Tensor, eps: Tensor, params: tuple[Tensor, Tensor]) -> Tensor:
+        """log p(z) - log q(z | x) at the draws, ``(S, B)``."""
+        log_p = -0.5 * (z.square() + LOG_2PI).sum(-1)
+        log_q = -(0.5 * eps.square() + params[1].log() + 0.5 * LOG_2PI).sum(-1)
+        return log_p - log_q
+
+    def kl(self, params: tuple[Tensor, Tensor], log_ratio: Tensor) -> Tensor:
+        """KL(q || p), exact, ``(B,)``."""
+        return gaussian_kl(*params)
+
+    def prior(self, like: Tensor | None = None) -> Independent:
+        zero = torch.zeros(self.dim) if like is None else torch.zeros(self.dim, dtype=like.dtype, device=like.device)
+        return Independent(Normal(zero, torch.ones_like(zero)), 1)
+
+    def posterior(self, params: tuple[Tensor, Tensor]) -> Independent:
+        return Independent(Normal(*params), 1)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
         device = generator.device if generator is not None else like.device
-        eps = torch.randn(s, n_points, self.dim, generator=generator, device=device, dtype=like.dtype)
-        return eps.to(like.device)
+        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=like.dtype)
+        return z.to(like.device)
 
-    def __repr__(self) -> str:
-        return (f"GaussianLatent(dim={self.dim}, n_samples={self.n_samples}, "
-                f"iwae_samples={self.iwae_samples}, n_probe={self.n_probe})")
+    def mean(self, params: tuple[Tensor, Tensor]) -> Tensor:
+        return params[0]
+
+    def interpolate(self, z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
+        """The straight line between ``z_a`` and ``z_b`` at fractions ``t``."""
+        return z_a * (1 - t) + z_b * t
+
+
+class HypersphericalLatent(SampledLatent):
+    """z on the unit sphere S^(dim-1) in R^dim with the uniform prior; q(z | x) the wrapped
+    normal: the isotropic tangent Gaussian N(0, sigma(x)^2 I) at the mean direction mu(x),
+    mapped onto the sphere by the exponential map (``lightning_vae.spherical``).
+
+    A latent for closed manifolds. A continuous decoder from a Gaussian latent's R^d onto a
+    circle or a sphere must send prior mass off it (R^d is not a circle), which is where a
+    Gaussian latent's samples land; the sphere S^m has the topology of a circle (m = 1) or
+    of a sphere (m = 2), so a decoder can map it onto the data's manifold with nothing left
+    over (the motivation of Davidson et al. 2018, hyperspherical VAEs, who use von
+    Mises-Fisher posteriors). The wrapped normal keeps what this project needs: its noise is
+    plain standard normal draws from the run's generator (reproducible, resumable, per
+    ensemble member; a vMF's rejection sampler cannot take one), and its density is exact
+    (a series over the exponential map's preimages, truncated below float64 precision).
+
+    log p(x) in evaluation is the IWAE bound with ``iwae_samples`` draws (a lower bound,
+    tight as the draws grow, as for the Gaussian latent). The KL term has no closed form:
+    training uses the draws' estimate, KL ~ mean_s [log q(z_s | x) - log p(z_s)] (unbiased).
+
+    Args:
+        dim: the ambient dimension of z: 2 is a circle S^1, 3 the sphere S^2 (>= 2).
+        n_samples: draws per point in training (>= 1).
+        iwae_samples: draws per point for the IWAE bound in evaluation (>= 1).
+        n_probe: fixed prior draws at which the decoder is monitored (>= 1).
+    """
+
+    def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4) -> None:
+        super().__init__(dim, n_samples, iwae_samples, n_probe, min_dim=2)
+
+    @property
+    def m(self) -> int:
+        """The sphere's own dimension, dim - 1."""
+        return self.dim - 1
+
+    @property
+    def noise_dim(self) -> int:
+        return self.m  # the tangent space's
+
+    @property
+    def encoder_dim(self) -> int:
+        return self.dim + 1  # an unnormalised direction and the tangent std's logit
+
+    def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean direction mu ``(B, dim)`` (unit) and the tangent std sigma ``(B, 1)`` in
+        (0, pi) (= pi sigmoid(logit - 2): 0.38 at logit 0) from the encoder's output."""
+        mu = F.normalize(out[..., : self.dim], dim=-1)
+        sigma = spherical.SIGMA_MAX * torch.sigmoid(out[..., self.dim :] - 2.0)
+        return mu, sigma
+
+    def rsample(self, params: tuple[Tensor, Tensor], eps: Tensor) -> Tensor:
+        """z = exp_mu(sigma * eps in the tangent frame at mu), ``(S, B, dim)``."""
+        mu, sigma = params
+        return spherical.wrapped_normal_rsample(mu, sigma[..., 0], eps)
+
+    def log_ratio(self, z: Tensor, eps: Tensor, params: tuple[Tensor, Tensor]) -> Tensor:
+        """log p(z) - log q(z | x) at the draws (the exact wrapped-normal density), ``(S, B)``."""
+        mu, sigma = params
+        return spherical.uniform_log_prob(z) - spherical.wrapped_normal_log_prob(z, mu, sigma[..., 0])
+
+    def kl(self, params: tuple[Tensor, Tensor], log_ratio: Tensor) -> Tensor:
+        """KL(q || p) estimated by the draws: mean_s of -log_ratio, ``(B,)``."""
+        return -log_ratio.mean(0)
+
+    def prior(self, like: Tensor | None = None) -> spherical.HypersphericalUniform:
+        if like is None:
+            return spherical.HypersphericalUniform(self.m)
+        return spherical.HypersphericalUniform(self.m, device=like.device, dtype=like.dtype)
+
+    def posterior(self, params: tuple[Tensor, Tensor]) -> spherical.WrappedNormal:
+        mu, sigma = params
+        return spherical.WrappedNormal(mu, sigma[..., 0])
+
+    def sample_prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        device = generator.device if generator is not None else like.device
+        z = spherical.sample_uniform(n, self.m, generator=generator, device=device, dtype=like.dtype)
+        return z.to(like.device)
+
+    def mean(self, params: tuple[Tensor, Tensor]) -> Tensor:
+        return params[0]
+
+    def interpolate(self, z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
+        """Along the great circle from ``z_a`` to ``z_b`` (slerp), at fractions ``t``; the
+        normalised straight line where the two are (nearly) the same or antipodal."""
+        cos = (z_a * z_b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+        omega = torch.arccos(cos)
+        sin = torch.sin(omega)
+        ok = sin > 1e-6
+        safe = torch.where(ok, sin, torch.ones_like(sin))
+        slerp = (torch.sin((1 - t) * omega) * z_a + torch.sin(t * omega) * z_b) / safe
+        line = F.normalize(z_a * (1 - t) + z_b * t, dim=-1)
+        return torch.where(ok, slerp, line)

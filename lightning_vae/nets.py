@@ -9,7 +9,6 @@ reparameterised draws of a Gaussian one (``GaussianVAE``).
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -19,13 +18,12 @@ from lightning_vae.densities import (
     Expectation,
     LogLik,
     elbo_terms,
-    gaussian_kl,
     gaussian_log_lik,
     log_marginal,
     log_mean_exp,
     normal_log_prob,
 )
-from lightning_vae.latents import DiscreteLatent, GaussianLatent
+from lightning_vae.latents import DiscreteLatent, SampledLatent
 
 
 def mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
@@ -441,18 +439,19 @@ class DiscreteVAE(nn.Module):
 
 
 class GaussianVAE(nn.Module):
-    """Encoder, decoder and a Gaussian latent z ~ N(0, I), reparameterised.
+    """Encoder, decoder and a sampled latent (``latents.SampledLatent``: the Gaussian
+    z ~ N(0, I), or the hyperspherical one), reparameterised by standard normal draws.
 
     What the objectives need: ``deterministic``, ``draws`` (standard normal noise for the
-    reparameterisation) and ``expectation`` (over those draws, the KL exact); the public
-    maths: ``encode_params`` (loc and scale of q(z|x)), ``log_px`` (the IWAE bound),
-    ``sample``, ``encode``, ``decode``, and ``decoder_params`` at the latent's fixed probe
-    points (for monitoring).
+    reparameterisation) and ``expectation`` (over those draws; the KL exact where the
+    latent has it in closed form); the public maths: ``encode_params`` (the parameters of
+    q(z|x)), ``log_px`` (the IWAE bound), ``prior``, ``sample``, ``encode``, ``decode``, and
+    ``decoder_params`` at the latent's fixed probe points (for monitoring).
     """
 
     enumerable = False
 
-    def __init__(self, data_dim: int, latent: GaussianLatent, hidden: int = 64, depth: int = 2,
+    def __init__(self, data_dim: int, latent: SampledLatent, hidden: int = 64, depth: int = 2,
                  decoder: Decoder | None = None, network: Network | None = None,
                  image_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
@@ -466,9 +465,10 @@ class GaussianVAE(nn.Module):
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
 
     def encode_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """loc and scale of q(z | x), ``(B, d)`` each."""
-        loc, log_scale = _float32(self.encoder(x)).split(self.latent.dim, dim=-1)
-        return loc, log_scale.exp()
+        """The parameters of q(z | x): loc and scale ``(B, d)`` each for the Gaussian
+        latent, the mean direction ``(B, d)`` and the tangent std ``(B, 1)`` for the
+        hyperspherical one."""
+        return self.latent.split(_float32(self.encoder(x)))
 
     def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Standard normal draws for ``n`` points, ``(S, n, d)``: ``latent.n_samples`` in
@@ -501,9 +501,13 @@ class GaussianVAE(nn.Module):
         eps = self.draws(len(x), training=False, generator=generator, like=x)
         return self.expectation(x, normal_log_prob, eps).log_px
 
-    def encode(self, x: Tensor) -> Independent:
-        loc, scale = self.encode_params(x)
-        return Independent(Normal(loc, scale), 1)
+    def encode(self, x: Tensor) -> Distribution:
+        """q(z | x) as a ``torch.distributions`` object."""
+        return self.latent.posterior(self.encode_params(x))
+
+    def prior(self) -> Distribution:
+        """The prior p(z) as a ``torch.distributions`` object."""
+        return self.latent.prior(next(self.parameters()))
 
     def decode(self, z: Tensor) -> Independent:
         if self.deterministic:
@@ -512,12 +516,6 @@ class GaussianVAE(nn.Module):
         loc, scale = self.decoder(z.to(next(self.parameters()).dtype))
         return Independent(Normal(loc, scale), 1)
 
-    def prior(self) -> Distribution:
-        """The prior p(z) = N(0, I) as a ``torch.distributions`` object."""
-        like = next(self.parameters())
-        zero = torch.zeros(self.latent.dim, dtype=like.dtype, device=like.device)
-        return Independent(Normal(zero, torch.ones_like(zero)), 1)
-
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                return_latent: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -525,31 +523,30 @@ class GaussianVAE(nn.Module):
         ``return_latent`` also the latent values they were decoded from, ``(n, d)``."""
         like = next(self.parameters())
         device = generator.device if generator is not None else like.device
-        z = torch.randn(n, self.latent.dim, generator=generator, device=device, dtype=like.dtype)
+        z = self.latent.sample_prior(n, generator, like)
         eps = torch.randn(n, self.data_dim, generator=generator, device=device, dtype=like.dtype)
-        z = z.to(like.device)
         loc, scale = self.decoder(z)
         x = loc + scale * eps.to(like.device)
         return (x, z) if return_latent else x
 
 
 def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik):
-    """The pieces of log w_s = log p(y | z_s) + log p(z_s) - log q(z_s | y),
-    z_s = loc + scale * eps_s.
+    """The pieces of log w_s = log p(y | z_s) + log p(z_s) - log q(z_s | y), z_s the
+    latent's reparameterised draw (``latent.rsample``: loc + scale * eps_s for the Gaussian).
 
     Args: y ``(B, D)``; eps ``(S, B, d)``; ``log_lik(u, scale)`` the likelihood of
     u = y - loc(z_s) given the decoder std (the objective's, possibly kernel-convolved; None
     for a deterministic decoder).
-    Returns log p(y | z_s) ``(S, B)``, log p(z_s) - log q(z_s | y) ``(S, B)``, the analytic
-    KL(q || p) ``(B,)`` and the decoder std at the draws ``(S, B, D)``.
+    Returns log p(y | z_s) ``(S, B)``, log p(z_s) - log q(z_s | y) ``(S, B)``, KL(q || p)
+    ``(B,)`` (analytic where the latent has it; otherwise the draws' estimate, the mean of
+    -log_ratio) and the decoder std at the draws ``(S, B, D)``.
     """
-    loc_q, scale_q = vae.encode_params(y)  # (B, d)
-    z = loc_q + scale_q * eps  # (S, B, d)
+    latent = vae.latent
+    params = vae.encode_params(y)  # (B, d), ...
+    z = latent.rsample(params, eps)  # (S, B, d)
     loc, scale = vae.decoder(z)  # (S, B, D)
-    log_p = -0.5 * (z.square() + math.log(2 * math.pi)).sum(-1)
-    log_q = -(0.5 * eps.square() + scale_q.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
-    kl = gaussian_kl(loc_q, scale_q)
-    return log_lik(y - loc, None if vae.deterministic else scale), log_p - log_q, kl, scale
+    log_ratio = latent.log_ratio(z, eps, params)
+    return log_lik(y - loc, None if vae.deterministic else scale), log_ratio, latent.kl(params, log_ratio), scale
 
 
 def build_core(data_dim: int, latent, hidden: int = 64, depth: int = 2,

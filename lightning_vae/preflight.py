@@ -352,7 +352,7 @@ def model_sizes(cfg: Mapping) -> tuple[dict[str, int], dict[str, int], str] | No
     if dim_key is not None:
         defaults["data dim"] = 2
         sizes["data dim key"] = dim_key  # type: ignore[assignment] - the name it is shown by
-    if isinstance(cls, type) and issubclass(cls, latents.GaussianLatent):
+    if isinstance(cls, type) and issubclass(cls, latents.SampledLatent):
         kind = "gaussian"
         for arg, default in (("dim", 2), ("n_samples", 1), ("iwae_samples", 64)):
             sizes[f"model.latent.init_args.{arg}"] = _int_or(_get(latent_args, arg), default)

@@ -26,6 +26,7 @@ ENSEMBLE_TINY = TINY
     ("seed_elbo.yaml", 6, 100),  # past the variance collapse (~step 60)
     ("circle_spread.yaml", 6, 30),  # 64 states with learned mixture weights, in R^3
     ("circle_gauss_spread.yaml", 6, 30),  # a Gaussian latent: each member draws its own eps
+    ("circle_hyper_spread.yaml", 6, 30),  # the hyperspherical latent (wrapped normal, its KL by the draws)
     ("delta_gaussian.yaml", 6, 30),  # a deterministic decoder (delta-VAE)
 ])
 def test_members_equal_single_runs(tmp_path, config, k, max_steps):

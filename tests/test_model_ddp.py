@@ -38,6 +38,9 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
     pytest.param("seed_elbo.yaml", 32, None, marks=pytest.mark.slow),
     pytest.param("seed_spread.yaml", 32, None, marks=pytest.mark.slow),  # ~20 s each
     pytest.param("seed_spread.yaml", 1, None, marks=pytest.mark.slow),
+    # The mixture weights' M-step (its statistic all-reduced) and the hyperspherical latent.
+    pytest.param("circle_spread.yaml", 32, None, marks=pytest.mark.slow),
+    pytest.param("circle_hyper_spread.yaml", 32, None, marks=pytest.mark.slow),
 ])
 def test_two_cpu_processes_train_the_one_process_run(config, k, objective, tmp_path, monkeypatch):
     """K = 32 optimizer steps per Lightning step (the default; each step's gradients are
