@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds lab study images
+.PHONY: setup seed test test-slow seeds lab study images dims
 
 setup:
 	@scripts/setup.sh
@@ -18,8 +18,19 @@ test-slow: setup  ## long learning-signal tests, incl. the 10-seed loops
 seeds: setup  ## both seed configs over seeds 0-9 (one vectorised ensemble each), one table
 	@$(PY) -m lightning_vae sweep --config seed_elbo seed_spread --seeds 0-9 --name seeds
 
-lab: setup  ## every experiment config over seeds 0-2, one table (README: Beyond the seed)
-	@$(PY) -m lightning_vae sweep --config $(sort $(basename $(notdir $(wildcard configs/*.yaml)))) --seeds 0-2 --name lab
+IMAGE_CONFIGS := $(basename $(notdir $(wildcard configs/fading_*.yaml configs/digits_*.yaml configs/sprites_*.yaml)))
+POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
+
+lab: setup  ## every point-data config over seeds 0-2, one table (README: Beyond the seed; images: make images)
+	@$(PY) -m lightning_vae sweep --config $(POINT_CONFIGS) --seeds 0-2 --name lab
+
+DIMS := --grid data.manifold.init_args.ambient_dim=3,4,6,8,16 --grid data.manifold.init_args.rotation_seed=2026 --seeds 0-2 --jobs 2
+
+dims: setup  ## circle and sphere in R^3..R^16 under a rotation no test tuned to, 3 seeds (README: Across ambient dimensions)
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_spread circle_elbo sphere_spread sphere_elbo $(DIMS) --root logs/dims --name mixture
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_hyper_spread sphere_hyper_spread $(DIMS) --root logs/dims --name hyper
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_spread_embedded --seeds 0-2 --root logs/dims --name embedded
+	@$(PY) -m lightning_vae report logs/dims/sweeps
 
 study:  ## the seed study: ELBO vs spread at noise 0.1/0.3/1.0, 10 seeds each, and its report
 	@scripts/reproduce_study.sh

@@ -37,9 +37,9 @@ from lightning_vae.callbacks import _warn as _info
 from lightning_vae.cli import VAECLI, run_cli
 from lightning_vae.errors import bad_input
 from lightning_vae.latents import BernoulliLatent, Latent
-from lightning_vae.model import EVAL_NOISE_SEED, optimizer_config
+from lightning_vae.model import EVAL_NOISE_SEED, data_for_init, optimizer_config
 from lightning_vae.densities import normal_log_prob
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core, m_step_logits
+from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core, m_step_logits, principal_directions, state_offsets
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
 from lightning_vae.scalars import flush_event_files, write_scalars
 from lightning_vae.steps import KStepTraining
@@ -260,6 +260,24 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         for i, weights in self._frozen_weights.items():  # after the M-step: a frozen member keeps its weights
             for p, w in zip(self.stacked, weights):
                 p[i] = w
+
+    @torch.no_grad()
+    def on_fit_start(self) -> None:
+        """The members' data-dependent initialisation, as each single run does it
+        (``model.data_for_init``): the same data, so the same values in every member."""
+        template = self._template[0].net
+        x = data_for_init(self.trainer, template)
+        if x is None:
+            return
+        params = self._params()
+        x = x.to(self.stacked[0])
+        if "net.direction_path.weight" in params:  # the same for every member: data only
+            weight, bias = principal_directions(x, template.latent.dim)
+            params["net.direction_path.weight"].copy_(weight.expand_as(params["net.direction_path.weight"]))
+            params["net.direction_path.bias"].copy_(bias.expand_as(params["net.direction_path.bias"]))
+        if "net.decoder.loc_path.weight" in params:  # each member's own means moved onto the same points
+            loc = self.decoder_params()[0]  # (M, K, D), the path still zero
+            params["net.decoder.loc_path.weight"].copy_(torch.stack([state_offsets(x, l) for l in loc]))
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """Every member's terms on its own batch ``x`` ``(M, B, D)``."""

@@ -109,6 +109,12 @@ class CategoricalLatent(DiscreteLatent):
     - ``"gradient"``: the prior's logits are a parameter trained by the optimizer with the
       rest (under Adam a logit moves ~lr per step, so a dead state's weight falls slowly).
 
+    With ``data_init`` the decoder's K means start on K training points spread over the data
+    (farthest point sampling), at the start of a fresh fit (not on resume): a mixture of many
+    states started from a network's random means can settle with a few broad states each
+    covering a long arc (a local optimum of the ELBO and the spread ELBO alike), which a
+    start with the states spread along the data avoids.
+
     Args:
         n_states: K >= 2.
         prior: p(z) for each state (sums to 1); ``None``: uniform.
@@ -116,10 +122,12 @@ class CategoricalLatent(DiscreteLatent):
         prior_update: "em" (the M-step above) or "gradient" (with ``learn_prior``).
         prior_rate: the M-step's step size in (0, 1]: 1 sets pi to each batch's aggregate
             posterior; smaller averages over about 1 / prior_rate batches.
+        data_init: start the decoder's means on training points (above).
     """
 
     def __init__(self, n_states: int = 4, prior: list[float] | None = None,
-                 learn_prior: bool = False, prior_update: str = "em", prior_rate: float = 0.01) -> None:
+                 learn_prior: bool = False, prior_update: str = "em", prior_rate: float = 0.01,
+                 data_init: bool = True) -> None:
         if isinstance(n_states, bool) or not isinstance(n_states, int) or n_states < 2:
             raise ValueError(f"n_states must be an integer >= 2, got {n_states!r}")
         if prior is not None:
@@ -136,7 +144,9 @@ class CategoricalLatent(DiscreteLatent):
         self.n_states = int(n_states)
         self.prior_probs = None if prior is None else [float(p) for p in prior]
         self.learn_prior = learn_prior
-        self.prior_update, self.prior_rate = prior_update, float(prior_rate)
+        if not isinstance(data_init, bool):
+            raise ValueError(f"data_init must be true or false, got {data_init!r}")
+        self.prior_update, self.prior_rate, self.data_init = prior_update, float(prior_rate), data_init
 
     @property
     def em_prior(self) -> bool:
@@ -181,7 +191,7 @@ class CategoricalLatent(DiscreteLatent):
     def __repr__(self) -> str:
         return (f"CategoricalLatent(n_states={self.n_states}, prior={self.prior_probs}, "
                 f"learn_prior={self.learn_prior}, prior_update={self.prior_update!r}, "
-                f"prior_rate={self.prior_rate})")
+                f"prior_rate={self.prior_rate}, data_init={self.data_init})")
 
 
 class SampledLatent(Latent):
@@ -233,8 +243,9 @@ class SampledLatent(Latent):
         return eps.to(like.device)
 
     def __repr__(self) -> str:
+        extra = f", pca_init={self.pca_init}" if hasattr(self, "pca_init") else ""
         return (f"{type(self).__name__}(dim={self.dim}, n_samples={self.n_samples}, "
-                f"iwae_samples={self.iwae_samples}, n_probe={self.n_probe})")
+                f"iwae_samples={self.iwae_samples}, n_probe={self.n_probe}{extra})")
 
 
 class GaussianLatent(SampledLatent):
@@ -314,15 +325,29 @@ class HypersphericalLatent(SampledLatent):
     tight as the draws grow, as for the Gaussian latent). The KL term has no closed form:
     training uses the draws' estimate, KL ~ mean_s [log q(z_s | x) - log p(z_s)] (unbiased).
 
+    The map from the data to the mean direction must have degree one on a closed manifold
+    (wrap a circle once around the latent circle): a degree-zero map (the data folded onto
+    an arc) is a local optimum no gradient step leaves, and a randomly initialised encoder
+    starts with degree zero (its image of a circle does not enclose the origin). With
+    ``pca_init`` the encoder's direction gets a linear path, set at the start of a fresh fit
+    to the training data's top ``dim`` principal directions (centred, scaled to dominate
+    the network's initial output): a circle or a sphere starts as an ellipse or ellipsoid
+    around the origin, a degree-one map, and the path trains on with the rest.
+
     Args:
         dim: the ambient dimension of z: 2 is a circle S^1, 3 the sphere S^2 (>= 2).
         n_samples: draws per point in training (>= 1).
         iwae_samples: draws per point for the IWAE bound in evaluation (>= 1).
         n_probe: fixed prior draws at which the decoder is monitored (>= 1).
+        pca_init: start the encoder's direction from the data's principal directions.
     """
 
-    def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4) -> None:
+    def __init__(self, dim: int = 2, n_samples: int = 1, iwae_samples: int = 64, n_probe: int = 4,
+                 pca_init: bool = True) -> None:
         super().__init__(dim, n_samples, iwae_samples, n_probe, min_dim=2)
+        if not isinstance(pca_init, bool):
+            raise ValueError(f"pca_init must be true or false, got {pca_init!r}")
+        self.pca_init = pca_init
 
     @property
     def m(self) -> int:

@@ -40,6 +40,19 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
             "lr_scheduler": {"scheduler": cosine_schedule(optimizer, total_steps()), "interval": "step"}}
 
 
+INIT_POINTS = 4096  # training points a data-dependent initialisation reads (the first ones)
+
+
+def data_for_init(trainer: pl.Trainer, net) -> Tensor | None:
+    """The training points for ``net``'s data-dependent initialisation (the hyperspherical
+    latent's ``pca_init``, the categorical latent's ``data_init``): the first ``INIT_POINTS`` of the training split, the same on
+    every rank; None when there is none to do or the fit resumes from a checkpoint."""
+    if not getattr(net, "needs_data_init", False) or trainer.ckpt_path is not None:
+        return None
+    x = getattr(trainer.datamodule, "train_x", None)
+    return None if x is None else x[:INIT_POINTS]
+
+
 class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     """A VAE (the seed's Bernoulli latent by default), trained with the objective given in config.
 
@@ -184,6 +197,9 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     def on_fit_start(self) -> None:
         # DDP: each rank takes its rows of the global batch's noise (Objective.draw).
         self._share = (self.trainer.world_size, self.trainer.global_rank)
+        x = data_for_init(self.trainer, self.net)
+        if x is not None:  # a fresh fit (a resumed one has its weights): the same on every rank
+            self.net.init_from_data(x.to(self.device))
         if self.device.type == "cuda" and getattr(self.network, "channels_last", False):
             self.net.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights
 

@@ -284,6 +284,8 @@ class _DecoderNet(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         out = _float32(self.net(z))
         loc = out[..., : self.data_dim]
+        if hasattr(self, "loc_path"):  # CategoricalLatent(data_init=True): per-state offsets
+            loc = loc + _float32(self.loc_path(z))
         if self.n_scale == 0:
             return loc, torch.full_like(loc, self.fixed_std)
         scale = out[..., self.data_dim :].exp().expand_as(loc)  # (K, D) or (K, 1) -> (K, D)
@@ -327,6 +329,11 @@ class DiscreteVAE(nn.Module):
         network = network or MLP(hidden, depth)
         self.encoder = network.encoder(data_dim, latent.encoder_dim, self.image_shape)
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
+        if getattr(latent, "data_init", False):
+            # Per-state offsets of the decoder mean, linear in the one-hot state: zero (a
+            # no-op) until init_from_data places the states on training points.
+            self.decoder.loc_path = nn.Linear(latent.state_dim, data_dim, bias=False)
+            nn.init.zeros_(self.decoder.loc_path.weight)
         if getattr(latent, "learn_prior", False):
             init = latent.log_prior(torch.zeros(()))
             # Trained by the optimizer ("gradient"), or set by the M-step ("em": no gradient,
@@ -382,6 +389,18 @@ class DiscreteVAE(nn.Module):
             raise ValueError(f"z must be state indices (N,) (an integer tensor) or latent values (N, {width}), "
                              f"got shape {tuple(z.shape)}")
         return z.to(like)
+
+    @property
+    def needs_data_init(self) -> bool:
+        return hasattr(self.decoder, "loc_path")
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Place the K decoder means on K training points spread over the data (farthest
+        point sampling of ``x`` ``(N, D)``): loc_path's column k = point k - the network's
+        own mean for state k, so that the means start exactly there."""
+        loc = self.decoder.net(self.latent.states(x))[..., : self.data_dim]  # without the path
+        self.decoder.loc_path.weight.copy_(state_offsets(x.to(loc), _float32(loc)))
 
     def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> None:
         """An enumerated latent needs no noise: None."""
@@ -463,12 +482,37 @@ class GaussianVAE(nn.Module):
         network = network or MLP(hidden, depth)
         self.encoder = network.encoder(data_dim, latent.encoder_dim, self.image_shape)
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
+        if getattr(latent, "pca_init", False):
+            # The direction's linear path (HypersphericalLatent(pca_init=True)): zero, so a
+            # no-op, until init_directions sets it from the data at the start of a fit.
+            self.direction_path = nn.Linear(data_dim, latent.dim)
+            nn.init.zeros_(self.direction_path.weight)
+            nn.init.zeros_(self.direction_path.bias)
+
+    @property
+    def needs_data_init(self) -> bool:
+        return hasattr(self, "direction_path")
+
+    def init_from_data(self, x: Tensor) -> None:
+        """The latent's data-dependent start (``init_directions``)."""
+        self.init_directions(x)
+
+    @torch.no_grad()
+    def init_directions(self, x: Tensor) -> None:
+        """Set the direction's linear path from the data ``x`` (``principal_directions``)."""
+        weight, bias = principal_directions(x.to(self.direction_path.weight), self.latent.dim)
+        self.direction_path.weight.copy_(weight)
+        self.direction_path.bias.copy_(bias)
 
     def encode_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The parameters of q(z | x): loc and scale ``(B, d)`` each for the Gaussian
         latent, the mean direction ``(B, d)`` and the tangent std ``(B, 1)`` for the
         hyperspherical one."""
-        return self.latent.split(_float32(self.encoder(x)))
+        out = _float32(self.encoder(x))
+        if hasattr(self, "direction_path"):
+            d = self.latent.dim
+            out = torch.cat([out[..., :d] + _float32(self.direction_path(x.flatten(1))), out[..., d:]], -1)
+        return self.latent.split(out)
 
     def draws(self, n: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Standard normal draws for ``n`` points, ``(S, n, d)``: ``latent.n_samples`` in
@@ -528,6 +572,40 @@ class GaussianVAE(nn.Module):
         loc, scale = self.decoder(z)
         x = loc + scale * eps.to(like.device)
         return (x, z) if return_latent else x
+
+
+def farthest_points(x: Tensor, k: int) -> Tensor:
+    """Indices of ``k`` rows of ``x`` ``(N, D)`` spread over the data by farthest point
+    sampling (Gonzalez 1985): the row nearest the mean first, then each time the row
+    farthest from those chosen. Deterministic; ``(k,)`` long (rows repeat only if N < k)."""
+    x = x.flatten(1)
+    chosen = [int((x - x.mean(0)).square().sum(-1).argmin())]
+    dist = (x - x[chosen[0]]).square().sum(-1)
+    for _ in range(k - 1):
+        chosen.append(int(dist.argmax()))
+        dist = torch.minimum(dist, (x - x[chosen[-1]]).square().sum(-1))
+    return torch.tensor(chosen)
+
+
+def state_offsets(x: Tensor, loc: Tensor) -> Tensor:
+    """The loc_path weight ``(D, K)`` that moves the network's state means ``loc`` ``(K, D)``
+    onto K farthest-point training points of ``x``."""
+    points = x.flatten(1)[farthest_points(x, loc.shape[0])]
+    return (points - loc).T
+
+
+def principal_directions(x: Tensor, d: int, gain: float = 3.0) -> tuple[Tensor, Tensor]:
+    """A linear map x -> (x - mean) V^T onto the top ``d`` principal directions V ``(d, D)``
+    of the rows of ``x`` ``(N, ...)`` (flattened), scaled so that its outputs have rms norm
+    ``gain`` (3: it dominates a fresh network's output, ~0.1-0.5): ``(weight (d, D), bias
+    (d,))``. A closed curve or surface centred in its span maps to an ellipse or ellipsoid
+    around the origin, whose direction wraps the latent sphere once (degree one)."""
+    x = x.flatten(1)
+    centre = x.mean(0)
+    v = torch.linalg.svd(x - centre, full_matrices=False).Vh[:d]  # (d, D)
+    rms = ((x - centre) @ v.T).square().sum(-1).mean().sqrt().clamp_min(1e-12)
+    v = v * (gain / rms)
+    return v, -(v @ centre)
 
 
 def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik):

@@ -38,6 +38,10 @@ def _run(args: list[str], kill_at: int | None = None) -> subprocess.CompletedPro
     ("seed_spread.yaml", 32),
     pytest.param("seed_spread.yaml", 1, marks=pytest.mark.slow),  # groups of one step
     pytest.param("circle_gauss_spread.yaml", 32, marks=pytest.mark.slow),  # Gaussian latent: its draws too
+    # The M-step's mixture weights, and the hyperspherical latent (its data-dependent
+    # initialisation must not run again on resume).
+    pytest.param("circle_spread.yaml", 32, marks=pytest.mark.slow),
+    pytest.param("circle_hyper_spread.yaml", 32, marks=pytest.mark.slow),
 ])
 def test_killed_run_resumes_bit_exactly(config, k, tmp_path, tmp_path_factory):
     common = ["--config", str(CONFIGS / config), *ARGS, f"--data.steps_per_batch={k}",

@@ -137,3 +137,58 @@ def test_public_api():
     ll, log_ratio, kl, _ = importance_weights(model.net, _x(5), model.net.draws(5, True, None, _x(5)),
                                               normal_log_prob)
     assert ll.shape == log_ratio.shape == (1, 5) and kl.shape == (5,)
+
+
+def test_principal_directions_give_a_degree_one_start():
+    """The linear path maps a circle in R^5 (rotated, off-centre) to an ellipse around the
+    origin with rms norm 3: the initial direction map winds once; a fresh encoder's alone
+    winds zero times (why a fit without it can stay folded)."""
+    from lightning_vae.data import Circle
+    from lightning_vae.nets import principal_directions
+
+    circle = Circle(ambient_dim=5, rotation_seed=7)
+    theta = torch.linspace(0, 2 * math.pi, 2001)
+    x = circle.embed(torch.stack([theta.cos(), theta.sin()], -1)).float() + 0.5  # off-centre
+    weight, bias = principal_directions(x, 2)
+    y = x @ weight.T + bias
+    assert y.square().sum(-1).mean().sqrt().item() == pytest.approx(3.0, rel=1e-4)
+
+    def winding(v):
+        step = torch.diff(torch.atan2(v[:, 1], v[:, 0]))
+        return round(float(((step + math.pi) % (2 * math.pi) - math.pi).sum() / (2 * math.pi)))
+
+    assert abs(winding(y)) == 1
+    torch.manual_seed(0)
+    vae = GaussianVAE(5, HypersphericalLatent(2), decoder=GaussianDecoder())
+    with torch.no_grad():
+        before = vae.encode_params(x)[0]
+        vae.init_directions(x)
+        after = vae.encode_params(x)[0]
+    assert winding(before) == 0 and abs(winding(after)) == 1
+    assert not hasattr(GaussianVAE(5, HypersphericalLatent(2, pca_init=False)), "direction_path")
+
+
+def test_a_fresh_fit_initialises_the_directions_and_a_resume_keeps_its_own(tmp_path):
+    from lightning_vae.cli import build_cli
+    from conftest import CONFIGS, TINY
+
+    args = ["--config", str(CONFIGS / "circle_hyper_spread.yaml"), *TINY, "--trainer.max_epochs=1",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"]
+    cli = build_cli(args, run=False)
+    assert torch.equal(cli.model.net.direction_path.weight, torch.zeros(2, 3))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    trained = cli.model.net.direction_path.weight.detach().clone()
+    assert trained.abs().max() > 1.0  # set from the data (gain 3 over a unit circle), then trained
+    ckpt = next((tmp_path / "circle_hyper_spread").rglob("last.ckpt"))
+    again = build_cli([*args, "--trainer.max_epochs=2"], run=False)
+    seen = {}
+
+    import pytorch_lightning as pl
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["weight"] = pl_module.net.direction_path.weight.detach().clone()
+
+    again.trainer.callbacks.append(Spy())
+    again.trainer.fit(again.model, datamodule=again.datamodule, ckpt_path=ckpt)
+    torch.testing.assert_close(seen["weight"], trained, atol=0, rtol=0)

@@ -163,3 +163,25 @@ def test_deterministic_and_gaussian_latent_api():
     x, z = gauss.sample(64, generator=torch.Generator().manual_seed(0), return_latent=True)
     assert z.shape == (64, 2)
     torch.testing.assert_close(x, gauss.decode(z).mean, atol=1e-3, rtol=0)
+
+
+def test_data_init_places_the_states_on_spread_training_points():
+    """CategoricalLatent(data_init=True): farthest point sampling picks spread rows (on a
+    circle, 8 states at least 0.7 apart), and init_from_data moves the decoder's means
+    exactly onto them; with data_init false there is no path (the state dict of before)."""
+    from lightning_vae.data import Circle
+    from lightning_vae.nets import farthest_points
+
+    x = Circle(ambient_dim=3).sample(2000, torch.Generator().manual_seed(0))
+    idx = farthest_points(x, 8)
+    assert len(set(idx.tolist())) == 8
+    chosen = x[idx]
+    gaps = torch.cdist(chosen, chosen) + torch.eye(8) * 10
+    assert gaps.min() > 0.7  # 2 sin(pi / 8) = 0.765 for evenly spread points
+    torch.manual_seed(0)
+    vae = DiscreteVAE(3, CategoricalLatent(8, learn_prior=True, data_init=True))
+    before = vae.decoder_params(x)[0].clone()
+    vae.init_from_data(x)
+    torch.testing.assert_close(vae.decoder_params(x)[0], chosen, atol=1e-6, rtol=0)
+    assert not torch.allclose(before, chosen, atol=1e-2)
+    assert not hasattr(DiscreteVAE(3, CategoricalLatent(8, data_init=False)).decoder, "loc_path")
