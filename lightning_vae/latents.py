@@ -235,6 +235,10 @@ class SampledLatent(Latent):
         z = self.sample_prior(self.n_probe, torch.Generator().manual_seed(0), torch.zeros((), dtype=torch.float32))
         return z.to(dtype=like.dtype, device=like.device)
 
+    def mean(self, params: tuple[Tensor, Tensor]) -> Tensor:
+        """The latent a reconstruction decodes: the posterior's location (mean or mean direction)."""
+        return params[0]
+
     def draw(self, n_points: int, training: bool, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Standard normal draws for the reparameterisation, ``(S, n_points, noise_dim)``."""
         s = self.n_samples if training else self.iwae_samples
@@ -294,12 +298,9 @@ class GaussianLatent(SampledLatent):
         return Independent(Normal(*params), 1)
 
     def sample_prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """``n`` prior draws from ``generator`` (on its device), ``(n, dim)`` on ``like``'s."""
         device = generator.device if generator is not None else like.device
-        z = torch.randn(n, self.dim, generator=generator, device=device, dtype=like.dtype)
-        return z.to(like.device)
-
-    def mean(self, params: tuple[Tensor, Tensor]) -> Tensor:
-        return params[0]
+        return torch.randn(n, self.dim, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
     def interpolate(self, z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
         """The straight line between ``z_a`` and ``z_b`` at fractions ``t``."""
@@ -393,12 +394,10 @@ class HypersphericalLatent(SampledLatent):
         return spherical.WrappedNormal(mu, sigma[..., 0])
 
     def sample_prior(self, n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        """``n`` uniform draws on the sphere from ``generator``, ``(n, dim)`` on ``like``'s device."""
         device = generator.device if generator is not None else like.device
-        z = spherical.sample_uniform(n, self.m, generator=generator, device=device, dtype=like.dtype)
-        return z.to(like.device)
-
-    def mean(self, params: tuple[Tensor, Tensor]) -> Tensor:
-        return params[0]
+        return spherical.sample_uniform(n, self.m, generator=generator, device=device,
+                                        dtype=like.dtype).to(like.device)
 
     def interpolate(self, z_a: Tensor, z_b: Tensor, t: Tensor) -> Tensor:
         """Along the great circle from ``z_a`` to ``z_b`` (slerp), at fractions ``t``; the

@@ -53,3 +53,24 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("logs")
     return {"root": root, "elbo": fit("seed_elbo.yaml", root), "spread": fit("seed_spread.yaml", root)}
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module of small tensors (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): on a shared 2-core machine each multi-threaded
+    op waits for the busy second core (~8 ms per op, 4x such a file's runtime). Threads do
+    not change the results beyond float rounding, which the tolerances cover."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gen(seed: int):
+    """A CPU ``torch.Generator`` seeded with ``seed``."""
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+

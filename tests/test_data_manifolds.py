@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import gen
 
 from lightning_vae.data import (
     Circle,
@@ -34,19 +35,7 @@ EMBEDDED = pytest.mark.parametrize("embedded", [False, True], ids=["natural", "e
 CLASSES = pytest.mark.parametrize("cls", CATALOG, ids=lambda c: c.__name__)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Every tensor here is small: on a shared 2-core machine each multi-threaded op waits
-    # for the busy second core (~8 ms per op, 4x the file's runtime). Threads do not
-    # change the results beyond float rounding, which the tolerances cover.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(cls, embedded: bool, **kwargs) -> Manifold:

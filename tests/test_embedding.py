@@ -11,22 +11,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, run_dirs
+from conftest import CONFIGS, gen, run_dirs
 from lightning_vae.data import Circle, Manifold, Sphere, TwoMoons
 from lightning_vae.data.manifolds import EMBEDDING_TOL, haar_orthogonal
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on a shared machine: threads only wait for the busy cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def orthonormal(d: int, n: int, seed: int) -> torch.Tensor:
