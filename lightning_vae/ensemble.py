@@ -39,7 +39,8 @@ from lightning_vae.errors import bad_input
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.model import EVAL_NOISE_SEED, data_for_init, optimizer_config
 from lightning_vae.densities import normal_log_prob
-from lightning_vae.nets import Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core, m_step_logits, principal_directions, state_offsets
+from lightning_vae.nets import (Decoder, DiscreteVAE, GaussianDecoder, GaussianVAE, Network, build_core, m_step_logits,
+                                principal_directions, state_offsets)
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, Objective, Terms
 from lightning_vae.scalars import flush_event_files, write_scalars
 from lightning_vae.steps import KStepTraining
@@ -113,8 +114,8 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         self._names = list(params)
         # requires_grad as in the member (the M-step's mixture weights take no gradient).
         grads = dict(members[0].named_parameters())
-        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone(), requires_grad=grads[n].requires_grad)
-                                         for n in self._names])
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone(),
+                                                      requires_grad=grads[n].requires_grad) for n in self._names])
         self._template = [copy.deepcopy(members[0]).to("meta")]  # a list: not a submodule
         self._optimizer = optimizer
         self._noise: list[torch.Generator] | None = None

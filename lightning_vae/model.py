@@ -45,8 +45,9 @@ INIT_POINTS = 4096  # training points a data-dependent initialisation reads (the
 
 def data_for_init(trainer: pl.Trainer, net) -> Tensor | None:
     """The training points for ``net``'s data-dependent initialisation (the hyperspherical
-    latent's ``pca_init``, the categorical latent's ``data_init``): the first ``INIT_POINTS`` of the training split, the same on
-    every rank; None when there is none to do or the fit resumes from a checkpoint."""
+    latent's ``pca_init``, the categorical latent's ``data_init``): the first
+    ``INIT_POINTS`` of the training split, the same on every rank; None when there is none
+    to do or the fit resumes from a checkpoint (whose weights are restored before)."""
     if not getattr(net, "needs_data_init", False) or trainer.ckpt_path is not None:
         return None
     x = getattr(trainer.datamodule, "train_x", None)

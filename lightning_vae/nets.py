@@ -380,8 +380,9 @@ class DiscreteVAE(nn.Module):
         if not z.is_floating_point():
             k = self.latent.n_states
             if z.dim() != 1 or (len(z) and (int(z.min()) < 0 or int(z.max()) >= k)):
+                seen = f", values {int(z.min())}..{int(z.max())}" if z.numel() else ""
                 raise ValueError(f"state indices must be a 1-D integer tensor of values in 0..{k - 1}, got "
-                                 f"shape {tuple(z.shape)}" + (f", values {int(z.min())}..{int(z.max())}" if len(z) else ""))
+                                 f"shape {tuple(z.shape)}{seen}")
             return self.latent.states(like)[z.to(like.device)]
         width = self.latent.state_dim
         z = z.reshape(len(z), -1) if z.dim() == 1 and width == 1 else z
