@@ -29,6 +29,7 @@ DIMS := --grid data.manifold.init_args.ambient_dim=3,4,6,8,16 --grid data.manifo
 dims: setup  ## circle and sphere in R^3..R^16 under a rotation no test tuned to, 3 seeds (README: Across ambient dimensions)
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_spread circle_elbo sphere_spread sphere_elbo $(DIMS) --root logs/dims --name mixture
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_hyper_spread sphere_hyper_spread $(DIMS) --root logs/dims --name hyper
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_hyper_delta sphere_hyper_delta $(DIMS) --root logs/dims --name delta
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_spread_embedded --seeds 0-2 --root logs/dims --name embedded
 	@$(PY) -m lightning_vae report logs/dims/sweeps
 

@@ -53,10 +53,12 @@ def test_an_explicit_embedding_works_like_a_rotation(tmp_path):
 
 
 @pytest.mark.parametrize("config,dim", [("circle_hyper_spread.yaml", 3), ("sphere_hyper_spread.yaml", 5),
-                                        ("circle_hyper_spread.yaml", 8)])
+                                        ("circle_hyper_spread.yaml", 8), ("circle_hyper_delta.yaml", 16),
+                                        ("sphere_hyper_delta.yaml", 8)])
 def test_the_hyperspherical_latent_fits_closed_manifolds(tmp_path, config, dim):
-    """A continuous latent on the circle (R^3, R^8) and the sphere (R^5): every seed within
-    the bars (a 2-D Gaussian latent's samples are 0.207 from the circle, p95 0.65)."""
+    """A continuous latent on the circle (R^3, R^8) and the sphere (R^5), and its delta-VAE
+    (no decoder variance) in R^16 and R^8: every seed within the bars (a 2-D Gaussian
+    latent's samples are 0.207 from the circle, p95 0.65)."""
     rows = _sweep(tmp_path, config, "--grid", f"data.manifold.init_args.ambient_dim={dim}",
                   "--grid", "data.manifold.init_args.rotation_seed=2026")
     for (mean, p95), r in zip(_distances(rows), rows):
