@@ -485,7 +485,7 @@ class GaussianVAE(nn.Module):
         self.decoder = decoder.build(latent.state_dim, data_dim, hidden, depth, network, self.image_shape)
         if getattr(latent, "pca_init", False):
             # The direction's linear path (HypersphericalLatent(pca_init=True)): zero, so a
-            # no-op, until init_directions sets it from the data at the start of a fit.
+            # no-op, until init_from_data sets it from the data at the start of a fit.
             self.direction_path = nn.Linear(data_dim, latent.dim)
             nn.init.zeros_(self.direction_path.weight)
             nn.init.zeros_(self.direction_path.bias)
@@ -494,13 +494,10 @@ class GaussianVAE(nn.Module):
     def needs_data_init(self) -> bool:
         return hasattr(self, "direction_path")
 
-    def init_from_data(self, x: Tensor) -> None:
-        """The latent's data-dependent start (``init_directions``)."""
-        self.init_directions(x)
-
     @torch.no_grad()
-    def init_directions(self, x: Tensor) -> None:
-        """Set the direction's linear path from the data ``x`` (``principal_directions``)."""
+    def init_from_data(self, x: Tensor) -> None:
+        """The latent's data-dependent start: the direction's linear path set from the data
+        ``x`` (``principal_directions``)."""
         weight, bias = principal_directions(x.to(self.direction_path.weight), self.latent.dim)
         self.direction_path.weight.copy_(weight)
         self.direction_path.bias.copy_(bias)

@@ -162,7 +162,7 @@ def test_principal_directions_give_a_degree_one_start():
     vae = GaussianVAE(5, HypersphericalLatent(2), decoder=GaussianDecoder())
     with torch.no_grad():
         before = vae.encode_params(x)[0]
-        vae.init_directions(x)
+        vae.init_from_data(x)
         after = vae.encode_params(x)[0]
     assert winding(before) == 0 and abs(winding(after)) == 1
     assert not hasattr(GaussianVAE(5, HypersphericalLatent(2, pca_init=False)), "direction_path")
