@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -37,6 +39,7 @@ def test_bench_steps_runs_and_prints_ratios(tmp_path):
                         f"{r['default_over_hand']:.2f}"]
 
 
+@pytest.mark.slow  # ~5 s; bench_steps' smoke test above covers the harness in the default suite
 def test_bench_metrics_runs_and_prints_the_total():
     proc = subprocess.run([sys.executable, "benchmarks/bench_metrics.py", "--n", "500", "--repeats", "1"],
                           capture_output=True, text=True, cwd=ROOT)

@@ -107,7 +107,9 @@ def _signal_run(args: list[str], at: int, sig: str) -> subprocess.CompletedProce
                           cwd=ROOT, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)])
+# ~16 s each: the default suite keeps the killed run above (its resume is the same code).
+@pytest.mark.parametrize("sig,code", [pytest.param("SIGTERM", 143, marks=pytest.mark.slow),
+                                      pytest.param("SIGINT", 130, marks=pytest.mark.slow)])
 def test_signalled_run_saves_its_step_and_resumes_bit_exactly(sig, code, tmp_path, tmp_path_factory):
     """SIGTERM (a scheduler's time limit, ``timeout``) or SIGINT mid-epoch: the run stops
     after the step in progress, saves that step (not the last epoch end) as last.ckpt,

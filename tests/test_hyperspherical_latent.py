@@ -100,7 +100,7 @@ def test_iwae_bound_reaches_the_exact_log_px_on_the_circle_latent():
 @pytest.mark.parametrize("objective,decoder", [
     (ELBO(), GaussianDecoder()),
     (SpreadELBO(0.1), GaussianDecoder()),
-    (DenoisingELBO(0.1), GaussianDecoder()),
+    pytest.param(DenoisingELBO(0.1), GaussianDecoder(), marks=pytest.mark.slow),
     (SpreadELBO(0.1), DeterministicDecoder()),
 ])
 def test_every_objective_trains_it(objective, decoder):

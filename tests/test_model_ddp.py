@@ -34,7 +34,9 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("config,k,objective", [
-    ("seed_spread.yaml", 32, "my_objectives.BetaELBO"),  # a user's own, outside the package
+    # ~20-30 s each: the default suite's DDP equality test is the image model's
+    # (tests/test_images_cli.py), through the same loop and the same DDP code.
+    pytest.param("seed_spread.yaml", 32, "my_objectives.BetaELBO", marks=pytest.mark.slow),  # a user's own
     pytest.param("seed_elbo.yaml", 32, None, marks=pytest.mark.slow),
     pytest.param("seed_spread.yaml", 32, None, marks=pytest.mark.slow),  # ~20 s each
     pytest.param("seed_spread.yaml", 1, None, marks=pytest.mark.slow),

@@ -314,7 +314,7 @@ def test_ctrl_c_stops_the_sweep_in_one_line_and_keeps_the_records(tmp_path):
     assert (tmp_path / "sweeps" / "s" / "results.csv").is_file()
 
 
-@pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.parametrize("dry_run", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_a_grid_key_typo_fails_at_once_with_the_clis_line(tmp_path, capsys, dry_run):
     slots = ["--config", str(CONFIGS / "seed_spread.yaml"), "--grid", "model.objective.init_args.nosie_std=0.1,0.3",
              "--seeds", "0-1", "--name", "t", "--root", str(tmp_path), *(["--dry_run"] if dry_run else [])]
