@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -54,6 +54,15 @@ class _Batches(Sampler):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.member_seeds, self.group = drop_last, member_seeds, group
         self.epoch, self.rank, self.world_size = 0, 0, 1
+        # Where the epoch number comes from when training: the trainer's current_epoch, read
+        # as each epoch's iteration starts, plus ``epoch_offset``; None: what set_epoch was
+        # last given. After resuming an iteration-based run (max_epochs -1, max_steps) from
+        # a checkpoint written at an epoch's end, Lightning's epoch count is one too high
+        # (its restart counts that epoch's end twice): the offset, fixed at the first epoch
+        # after a resume from where the checkpoint says training stood, keeps the shuffle
+        # the uninterrupted run's.
+        self.epoch_source: Callable[[], int] | None = None
+        self.epoch_offset = 0
         # (epoch, groups): the first iteration over that epoch skips that many groups, the
         # ones an interrupted run had already trained on (ManifoldDataModule.load_state_dict).
         self.resume_at: tuple[int, int] | None = None
@@ -78,6 +87,17 @@ class _Batches(Sampler):
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * SHUFFLE_STRIDE + self.epoch))
 
     def __iter__(self) -> Iterator[Tensor]:
+        skip = 0
+        if self.group is not None and self.resume_at is not None:
+            epoch, groups = self.resume_at
+            self.resume_at = None  # once: the epochs after it are whole
+            # A checkpoint at an epoch's end (every group taken) resumes at the next epoch.
+            resumed = epoch if groups < len(self) else epoch + 1
+            if self.epoch_source is not None:
+                self.epoch_offset = resumed - int(self.epoch_source())
+            skip = groups if resumed == epoch else 0
+        if self.epoch_source is not None:
+            self.epoch = int(self.epoch_source()) + self.epoch_offset
         if self.member_seeds is None:
             order = self._order(self.seed)  # (N,)
         else:  # an ensemble: each member's own order, exactly as its single run would see
@@ -88,11 +108,6 @@ class _Batches(Sampler):
         if self.group is None:  # evaluation: one batch at a time
             yield from batches
             return
-        skip = 0
-        if self.resume_at is not None:
-            epoch, groups = self.resume_at
-            self.resume_at = None  # once: the epochs after it are whole
-            skip = groups if epoch == self.epoch else 0
         for j in range(skip * self.group, len(batches), self.group):
             yield torch.stack(batches[j : j + self.group])  # (K, B), or (K, M, B) for an ensemble
 
@@ -292,6 +307,9 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
         if shuffle:
             sampler.resume_at, self._resume_at = self._resume_at, None
+            if trainer is not None:
+                sampler.epoch_source = lambda: trainer.current_epoch
+            self._train_sampler = sampler
         on_accelerator = trainer is not None and trainer.strategy.root_device.type != "cpu"
         pin = (on_accelerator if self.pin_memory is None else self.pin_memory) and x.device.type == "cpu"
         # batch_size=None: the sampler yields whole index batches, the dataset slices them.
@@ -308,7 +326,10 @@ class ManifoldDataModule(SafeLoading, pl.LightningDataModule):
         if trainer is None or trainer.state.fn != "fit":  # also mid-validation of a fit
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": int(trainer.current_epoch), "groups_done": int(progress.completed)}
+        sampler = getattr(self, "_train_sampler", None)
+        # The epoch the sampler shuffles for (Lightning's count plus its offset after a resume).
+        epoch = int(trainer.current_epoch) + (sampler.epoch_offset if sampler is not None else 0)
+        return {"epoch": epoch, "groups_done": int(progress.completed)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "epoch" in state_dict and "groups_done" in state_dict:
