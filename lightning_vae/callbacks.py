@@ -1472,6 +1472,8 @@ class HParamsSummary(pl.Callback):
             runs = [(s, pl_module.member_metrics[m], s in pl_module.frozen) for m, s in enumerate(seeds)]
         for m, (writer, (seed, metrics, diverged)) in enumerate(zip(writers, runs)):
             values = self.hp_values(metrics)
+            if seeds is None and hasattr(pl_module, "final_hp_values"):  # the module's own finals
+                values.update(pl_module.final_hp_values())
             collapse = monitor.collapses[m] if monitor is not None and m < len(monitor.collapses) else None
             values["hp/collapse_step"] = float(collapse["step"]) if collapse else -1.0
             values["hp/diverged"] = float(diverged)

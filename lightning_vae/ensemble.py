@@ -54,7 +54,9 @@ class _Scorer(nn.Module):
         self.net, self.objective = net, objective
 
     def forward(self, y: Tensor, step: int | None, values: bool = True, eps: Tensor | None = None):
-        return self.objective.terms(y, self.net, step=step, values=values, eps=eps)
+        # (loss, values, scale): vmap returns tensors only (no adversary: the ensemble has
+        # no learned spread); member_terms makes them Terms again.
+        return tuple(self.objective.terms(y, self.net, step=step, values=values, eps=eps)[:3])
 
 
 class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
@@ -104,6 +106,10 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         self._decoder = decoder
         if decoder.deterministic and not self.objective.trains_deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+        if getattr(getattr(self.objective, "kernel", None), "learned", False):
+            raise ValueError("a learned spread kernel (LearnedGaussianKernel) trains one noise per run, not one "
+                             "shared by vectorised members: run the seeds as processes "
+                             "(sweep --seeds_as processes) or one fit per seed")
         members = []
         for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
             torch.manual_seed(s)
@@ -156,9 +162,11 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         latent draws ``eps`` ``(M, S, B, d)`` (None for an enumerated latent)."""
         template = self._template[0]
         if eps is None:
-            return vmap(lambda p, ym: functional_call(template, p, (ym, step, values)))(self._params(), y)
-        return vmap(lambda p, ym, em: functional_call(template, p, (ym, step, values, em)))(
-            self._params(), y, eps)
+            out = vmap(lambda p, ym: functional_call(template, p, (ym, step, values)))(self._params(), y)
+        else:
+            out = vmap(lambda p, ym, em: functional_call(template, p, (ym, step, values, em)))(
+                self._params(), y, eps)
+        return Terms(*out)
 
     def member_draws(self, x: Tensor, generators: list[torch.Generator], step: int | None):
         """Each member's randomness of a step from its own generator, as its single run

@@ -13,8 +13,8 @@ from torch import Tensor
 from lightning_vae.latents import BernoulliLatent, Latent
 from lightning_vae.checkpoints import SafeLoading
 from lightning_vae.nets import Decoder, GaussianDecoder, Network, build_core
-from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, Terms
-from lightning_vae.scalars import flush_event_files
+from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, SpreadELBO, Terms
+from lightning_vae.scalars import flush_event_files, log_scalars
 from lightning_vae.steps import KStepTraining
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
@@ -41,6 +41,20 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
 
 
 INIT_POINTS = 4096  # training points a data-dependent initialisation reads (the first ones)
+ALIGNMENT_POINTS = 512  # training points at which the learned spread's alignment is measured
+SPREAD_EIGEN_TAGS = 32  # at most this many spread/eigen_<r> scalars (the largest)
+
+
+def learned_kernel(objective: Objective):
+    """The objective's learned spread kernel (``LearnedGaussianKernel``), or None. Only the
+    spread ELBO (alone or after ``VAEWarmStart``) can train one: one-line error otherwise."""
+    kernel = getattr(objective, "kernel", None)
+    if not getattr(kernel, "learned", False):
+        return None
+    if not isinstance(getattr(objective, "objective", objective), SpreadELBO):
+        raise ValueError(f"a learned spread kernel ({kernel!r}) needs the spread ELBO "
+                         f"(lightning_vae.objectives.SpreadELBO), got {objective!r}")
+    return kernel
 
 
 def data_for_init(trainer: pl.Trainer, net) -> Tensor | None:
@@ -78,6 +92,10 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
             the data are flat vectors of C*H*W pixels, a ``ConvNet`` reshapes them.
         optimizer: optimizer factory (``class_path`` in YAML); default Adam with its
             default learning rate, 1e-3.
+        spread_optimizer: the learned spread's optimizer factory, configured like
+            ``optimizer`` (default Adam, lr 1e-3, constant rate), used only when the
+            objective's kernel is learned (``LearnedGaussianKernel``): it ascends the
+            divergence while ``optimizer`` descends it (docs/learned_spread.md).
         lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
             step); "constant" keeps it.
         steps_per_batch: optimizer steps per Lightning step (linked from the datamodule,
@@ -100,6 +118,7 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
+        spread_optimizer: OptimizerCallable | None = None,
     ) -> None:
         super().__init__()
         if data_dim < 1:
@@ -115,6 +134,13 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
                               image_shape=image_shape)
         self.network = network
         self._optimizer = optimizer
+        # The learned spread (a module: its parameters are checkpointed, moved, DDP-synced).
+        self.spread = learned_kernel(self.objective)
+        if self.spread is not None:
+            self.spread.build(data_dim)
+        self._spread_optimizer = spread_optimizer
+        self._spread_values: dict[str, Tensor] = {}  # the step's divergence terms, to log
+        self._tangent: Tensor | None = None  # tangent bases at training points (alignment)
         # The training noise (spread) has its own generator, seeded by the run's seed: its
         # stream does not depend on what else draws from torch's global RNG (data loaders,
         # Lightning), it is saved in checkpoints, and an ensemble member with the same seed
@@ -203,24 +229,98 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
             self.net.init_from_data(x.to(self.device))
         if self.device.type == "cuda" and getattr(self.network, "channels_last", False):
             self.net.to(memory_format=torch.channels_last)  # the 4-D (convolution) weights
+        self._tangent = None
+        manifold = getattr(self.trainer.datamodule, "manifold", None)
+        train_x = getattr(self.trainer.datamodule, "train_x", None)
+        if self.spread is not None and getattr(manifold, "has_tangent", False) and train_x is not None:
+            self._tangent = manifold.tangent(train_x[:ALIGNMENT_POINTS].cpu())
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The objective's terms of one training batch ``x`` ``(B, D)`` at optimizer step
         ``step``, its noise from the run's generator."""
-        if not self._em_prior:
+        if not self._em_prior and self.spread is None:
             terms = self.objective(x, self.net, self.noise_generator(x.device), step, values, self._share)
-        else:  # what Objective.__call__ does, keeping y for the M-step
-            if self.net.deterministic and not self.objective.trains_deterministic:
-                raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
-            y, eps = self.objective.draw(x, self.net, self.noise_generator(x.device), step, self._share)
-            terms = self.objective.terms(y, self.net, step, values, eps)
+            self.last_terms = terms
+            return terms
+        # What Objective.__call__ does, keeping y for the M-step and the learned spread.
+        if self.net.deterministic and not self.objective.trains_deterministic:
+            raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
+        y, eps = self.objective.draw(x, self.net, self.noise_generator(x.device), step, self._share)
+        terms = self.objective.terms(y, self.net, step, values, eps)
+        if self._em_prior:
             with torch.no_grad():  # the aggregate posterior at the weights that scored the batch
                 mean = self.net.aggregate_posterior(y)
                 # Summed over the batches of one optimizer step (accumulate_grad_batches).
                 self._posterior_sum = mean if self._posterior_sum is None else self._posterior_sum + mean
                 self._posterior_batches += 1
+        if self.spread is not None:
+            terms = self._spread_terms(x, y, terms, step, values)
         self.last_terms = terms
         return terms
+
+    def _spread_terms(self, x: Tensor, y: Tensor, terms: Terms, step: int, values: bool) -> Terms:
+        """The learned spread's part of a step: with ``ascent="divergence"`` the spread data's
+        own log-density (the mixture over the global batch's clean points) joins the loss
+        as ``terms.adversary``, which only the noise sees (docs/learned_spread.md)."""
+        self._spread_values = {}
+        warm = getattr(self.objective, "warm", None)
+        if warm is not None and warm(step):  # VAEWarmStart's standard VAE: no spread yet
+            return terms
+        if self.spread.ascent == "loss":
+            return terms
+        reference = x
+        if self.trainer.world_size > 1:  # every rank's clean points: the global batch's mixture
+            reference = self.all_gather(x).reshape(-1, *x.shape[1:])
+        data_log_density = self.spread.spread_log_density(
+            y, reference.detach(), self.objective.step_noise_std(step)).mean()
+        if values:
+            self._spread_values = {"spread/data_log_density": data_log_density.detach(),
+                                   "spread/divergence": (terms.loss + data_log_density).detach()}
+        return terms._replace(adversary=data_log_density)
+
+    def reverse_adversary_gradients(self) -> None:
+        """The noise ascends: its gradients are negated before its optimizer's step."""
+        for p in self.spread.parameters():
+            if p.grad is not None:
+                p.grad.neg_()
+
+    def after_adversary_step(self) -> None:
+        self.spread.renormalise()  # the constraint's parameter back to unit norm (L unchanged)
+
+    def log_train(self, terms, step: int) -> None:
+        super().log_train(terms, step)
+        if self.spread is not None:
+            log_scalars(self.trainer, self.spread_scalars(step), step)
+
+    def final_hp_values(self) -> dict[str, float]:
+        """The run's own final metrics for ``HParamsSummary``: the learned spread's
+        alignment (``hp/spread_tangent_fraction``, ``hp/spread_angle_mean``, ...)."""
+        if self.spread is None or self._tangent is None:
+            return {}
+        return {f"hp/spread_{k}": v for k, v in self.spread.alignment(self._tangent).items()}
+
+    def spread_scalars(self, step: int) -> dict[str, float]:
+        """The learned spread's ``spread/*`` scalars: its spectrum (``eigen_<r>``, the
+        eigenvalues of L L^T, largest first), ``total_variance`` (tr Sigma = D sigma^2 +
+        tr L L^T), ``budget_error`` (|tr L L^T - budget|), the alignment with the data
+        manifold where it has an exact tangent space (``tangent_fraction``, ``angle_mean``,
+        ``angle_max``, degrees), and the step's ``divergence`` and ``data_log_density``
+        (ascent "divergence"; under DDP the means over the ranks), at optimizer step ``step``
+        (its noise level: the loop logs after the step, when ``global_step`` is step + 1)."""
+        kernel = self.spread
+        noise_std = self.objective.step_noise_std(step)
+        trace = float(kernel.factor.detach().square().sum())
+        out = {f"spread/eigen_{r}": float(v) for r, v in enumerate(kernel.spectrum()[:SPREAD_EIGEN_TAGS])}
+        out["spread/total_variance"] = self.hparams.data_dim * noise_std**2 + trace
+        out["spread/budget_error"] = abs(trace - kernel.budget)
+        if self._tangent is not None:
+            out.update({f"spread/{k}": v for k, v in kernel.alignment(self._tangent).items()})
+        if self._spread_values:
+            stacked = torch.stack(list(self._spread_values.values()))
+            if self.trainer.world_size > 1:
+                stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+            out.update(zip(self._spread_values, stacked.tolist()))
+        return out
 
     @property
     def _em_prior(self) -> bool:
@@ -263,4 +363,12 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         return {"x": x, "q_z": q, "log_px": self.net.log_px(x)}
 
     def configure_optimizers(self):
-        return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
+        if self.spread is None:
+            return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
+        # Two players: the model's parameters descend, the learned spread's ascend (its own
+        # optimizer, a constant rate; the loop reverses its gradients).
+        model = [p for name, p in self.named_parameters() if not name.startswith("spread.")]
+        config = optimizer_config(model, self._optimizer, self.lr_schedule, self._total_steps)
+        noise = (self._spread_optimizer(self.spread.parameters()) if self._spread_optimizer
+                 else torch.optim.Adam(self.spread.parameters(), lr=1e-3))
+        return [config if isinstance(config, dict) else {"optimizer": config}, {"optimizer": noise}]

@@ -91,6 +91,9 @@ class Terms(NamedTuple):
     # detached: the decoder's for the ELBO, the convolved one for the spread ELBO. Free
     # with every step, so monitors need no second decoder pass.
     scale: Tensor | None = None
+    # A scalar that only the learned spread's parameters see (docs/learned_spread.md): the
+    # loop back-propagates loss + adversary and the noise ascends it (None: no such term).
+    adversary: Tensor | None = None
 
 
 class VAECore(Protocol):

@@ -273,6 +273,8 @@ class KStepTraining:
         batches). Returns the losses, ``(K,)`` or ``(K, M)``."""
         trainer = self.trainer
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        # A second optimizer is the learned spread's (``adversary_step``): it ascends.
+        optimizer, adversary = (optimizer[0], optimizer[1]) if isinstance(optimizer, list) else (optimizer, None)
         every, n_acc = trainer.log_every_n_steps, self.accumulate_grad_batches
         last_group = batch_idx + 1 == trainer.num_training_batches
         max_steps = trainer.max_steps if trainer.max_steps != -1 else math.inf
@@ -295,16 +297,28 @@ class KStepTraining:
             terms = self.step_terms(xb, step, values=log_now)
             # An ensemble's members, (M,): summed, each gets its own gradient.
             loss = terms.loss if terms.loss.dim() == 0 else terms.loss.sum()
+            if terms.adversary is not None:
+                loss = loss + terms.adversary
             if self._micro == 1:
                 optimizer.zero_grad(set_to_none=True)
+                if adversary is not None:
+                    adversary.optimizer.zero_grad(set_to_none=True)
             self._backward(loss / n_acc if n_acc > 1 else loss)
             losses.append(terms.loss.detach())
             if not completes:
                 continue
+            if adversary is not None:
+                self.reverse_adversary_gradients()
             if self.gradient_clip_val is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
                                     gradient_clip_algorithm=self.gradient_clip_algorithm)
             self._optimizer_step(optimizer)  # on_before_optimizer_step hooks, global_step + 1
+            if adversary is not None:
+                # After the model's step and its hooks: the divergence guard has dropped every
+                # gradient of a non-finite step, so this one is a no-op then too. The torch
+                # optimizer itself: Lightning would count its step in global_step.
+                adversary.optimizer.step()
+                self.after_adversary_step()
             self.on_after_optimizer_step(step)
             if log_now:  # before the schedule moves on: train/lr is the rate this step used
                 self.log_train(terms, step)
@@ -330,6 +344,13 @@ class KStepTraining:
     def on_after_optimizer_step(self, step: int) -> None:
         """Called after optimizer step ``step`` (the loop's hook; none in Lightning)."""
 
+    def reverse_adversary_gradients(self) -> None:
+        """With a second optimizer (an adversary that ascends what the first descends):
+        negate its parameters' gradients before the steps (gradient reversal)."""
+
+    def after_adversary_step(self) -> None:
+        """Called after the adversary's optimizer step (e.g. to re-impose a constraint)."""
+
     def log_train(self, terms, step: int) -> None:
         """Write a step's loss and terms to the loggers at x = ``step`` (rank zero). Under
         DDP each value is the mean over the ranks (one all-reduce), so it is the value of
@@ -342,7 +363,9 @@ class KStepTraining:
         if self.trainer.world_size > 1:
             stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
         values = dict(zip(values, stacked.tolist()))  # one host read
-        values["train/lr"] = float(self.optimizers().param_groups[0]["lr"])
+        optimizer = self.optimizers()
+        optimizer = optimizer[0] if isinstance(optimizer, list) else optimizer  # the model's
+        values["train/lr"] = float(optimizer.param_groups[0]["lr"])
         log_scalars(self.trainer, values, step)
 
     def _total_steps(self) -> int:

@@ -40,7 +40,8 @@ def written(tmp_path_factory) -> set[str]:
              f"--image_quality.cache_dir={root / 'cache'}", "--model.objective.init_args.steps=4"]
     for config, extra in (("seed_elbo.yaml", []), ("seed_spread.yaml", []), ("seed_denoise.yaml", []),
                           ("seed_elbo_diverge.yaml", []), ("circle_spread.yaml", []),
-                          ("circle_gauss_spread.yaml", []), ("fading_delta_gaussian.yaml", image)):
+                          ("circle_gauss_spread.yaml", []), ("circle_learned_spread.yaml", []),
+                          ("fading_delta_gaussian.yaml", image)):
         run = fit(config, root, "--trainer.max_epochs=2", *extra)
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
         acc.Reload()

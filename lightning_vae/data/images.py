@@ -369,6 +369,13 @@ class FadingSquare(ImageManifold):
     def generate(self, theta: Tensor) -> Tensor:
         return theta[:, :1] * self.template.to(theta.device, theta.dtype)
 
+    has_tangent = True
+
+    def tangent(self, x: Tensor) -> Tensor:
+        """The tangent of the segment {v s}: s / |s| everywhere, ``(N, D, 1)`` float64."""
+        s = self.template.to(x.device)
+        return (s / s.norm()).expand(len(x), -1)[:, :, None]
+
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Exact: the projection onto the segment {v s : v in [0, 1]}."""
         s = self.template.to(u.device)

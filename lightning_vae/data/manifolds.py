@@ -287,6 +287,11 @@ class Manifold:
     def _centres(self) -> Tensor:
         raise NotImplementedError
 
+    def _tangent(self, u: Tensor) -> Tensor:
+        """Orthonormal tangent bases ``(N, n, intrinsic_dim)`` at the nearest support points
+        of ``u`` ``(N, n)`` (natural coordinates); where a manifold has it exactly."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact tangent space here")
+
     # --- public API in ambient coordinates -------------------------------------------------
 
     def embed(self, p: Tensor) -> Tensor:
@@ -327,6 +332,21 @@ class Manifold:
         if rest is not None:
             d = torch.hypot(d, rest)
         return d.to(x.dtype if x.is_floating_point() else torch.float32)
+
+    def tangent(self, x: Tensor) -> Tensor:
+        """Orthonormal bases of the tangent space of the support at the rows of ``x``
+        ``(N, dim)`` (at their nearest support points), ``(N, dim, intrinsic_dim)`` float64.
+        NotImplementedError for a manifold without an exact one (``has_tangent``)."""
+        u, _ = self._natural(x)
+        t = self._tangent(u)  # (N, n, d)
+        if self.rotation is None:
+            return t
+        return self.rotation[:, : self.natural_dim].to(t.device) @ t  # (D, n) @ (N, n, d)
+
+    @property
+    def has_tangent(self) -> bool:
+        """Whether ``tangent`` is available (the learned spread's alignment needs it)."""
+        return type(self)._tangent is not Manifold._tangent
 
     def component(self, x: Tensor) -> Tensor:
         """Index of the component (mode) nearest to each row of ``x``, ``(N,)`` long."""
@@ -398,6 +418,11 @@ class TwoClusters(Manifold):
     def _component(self, u: Tensor) -> Tensor:
         return (u[:, 0] > 0).long()
 
+    def _tangent(self, u: Tensor) -> Tensor:
+        t = torch.zeros(len(u), self.natural_dim, 1, dtype=torch.float64, device=u.device)
+        t[:, 0, 0] = 1.0  # the line is the first axis
+        return t
+
     def _centres(self) -> Tensor:
         c = torch.zeros(2, self.natural_dim, dtype=torch.float64)
         c[:, 0] = torch.tensor([-self.separation, self.separation])
@@ -447,6 +472,10 @@ class Circle(Manifold):
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         t = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
         return self.radius * torch.stack([t.cos(), t.sin()], 1)
+
+    def _tangent(self, u: Tensor) -> Tensor:
+        r = u / u.norm(dim=1, keepdim=True)  # (N, 2)
+        return torch.stack([-r[:, 1], r[:, 0]], 1)[:, :, None]  # (N, 2, 1): (-sin, cos)
 
     def _distance(self, u: Tensor) -> Tensor:
         return (u.norm(dim=1) - self.radius).abs()
@@ -622,6 +651,13 @@ class Sphere(Manifold):
     def _sample(self, n: int, generator: torch.Generator) -> Tensor:
         g = torch.randn(n, self.natural_dim, generator=generator, dtype=torch.float64)
         return self.radius * g / g.norm(dim=1, keepdim=True)
+
+    def _tangent(self, u: Tensor) -> Tensor:
+        r = u / u.norm(dim=1, keepdim=True)  # (N, n)
+        # The complement of r: the last n - 1 left singular vectors of the projector I - r r^T.
+        eye = torch.eye(self.natural_dim, dtype=u.dtype, device=u.device)
+        q = torch.linalg.svd(eye - r[:, :, None] * r[:, None, :]).U  # (N, n, n), descending
+        return q[:, :, : self.natural_dim - 1]
 
     def _distance(self, u: Tensor) -> Tensor:
         return (u.norm(dim=1) - self.radius).abs()
