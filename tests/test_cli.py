@@ -39,7 +39,9 @@ def test_every_config_instantiates(config, tmp_path):
 SIBLING_COVERED = {"circle_hyper_delta.yaml": "sphere_hyper_delta.yaml",
                    "sphere_hyper_spread.yaml": "circle_hyper_spread.yaml",
                    "sphere_elbo.yaml": "circle_elbo.yaml", "sphere_spread.yaml": "circle_spread.yaml",
-                   "circle_spread_embedded.yaml": "tests/test_embedding.py"}
+                   "circle_spread_embedded.yaml": "tests/test_embedding.py",
+                   "circle_learned_spread.yaml": "seed_learned_spread.yaml",
+                   "sphere_learned_spread.yaml": "seed_learned_spread.yaml"}
 
 
 @pytest.mark.parametrize("config", [

@@ -78,6 +78,9 @@ def test_the_warm_start_is_logged_and_ends_after_its_steps(tmp_path, monkeypatch
     assert warm[0] == 1.0 and warm[2] == 1.0 and warm[3] == 0.0 and warm[max(warm)] == 0.0
 
 
+# ~25 s: the slow suite's, with the point-cloud DDP runs (tests/test_model_ddp.py); the default
+# suite's multi-process check is tests/test_metrics_ddp.py.
+@pytest.mark.slow
 def test_two_cpu_processes_train_the_one_process_run_of_an_image_model(tmp_path, monkeypatch):
     """The digits delta-VAE (convolutional, Gaussian latent, warm start then Laplace spread):
     2 gloo processes at batch 32 each give the epoch metrics of one process at batch 64."""

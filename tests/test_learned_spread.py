@@ -466,7 +466,7 @@ def test_bad_uses_of_a_learned_kernel_are_one_line_errors():
 
 
 @pytest.mark.parametrize("bound", [
-    "epochs",
+    pytest.param("epochs", marks=pytest.mark.slow),  # the killed-run test resumes at an epoch end too
     # Iteration-based (max_epochs -1, max_steps), cut at an epoch's end: Lightning's restart
     # counts that epoch's end twice (current_epoch one too high); the sampler's offset
     # (data/datamodule.py) keeps the uninterrupted run's shuffle. It served the epoch after.

@@ -34,8 +34,7 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("config,k,objective", [
-    # ~20-30 s each: the default suite's DDP equality test is the image model's
-    # (tests/test_images_cli.py), through the same loop and the same DDP code.
+    # ~20-30 s each, all in the slow suite (with the image model's, tests/test_images_cli.py).
     pytest.param("seed_spread.yaml", 32, "my_objectives.BetaELBO", marks=pytest.mark.slow),  # a user's own
     pytest.param("seed_elbo.yaml", 32, None, marks=pytest.mark.slow),
     pytest.param("seed_spread.yaml", 32, None, marks=pytest.mark.slow),  # ~20 s each
@@ -43,6 +42,9 @@ def _fit(config: str, root, name: str, *extra: str) -> subprocess.CompletedProce
     # The mixture weights' M-step (its statistic all-reduced) and the hyperspherical latent.
     pytest.param("circle_spread.yaml", 32, None, marks=pytest.mark.slow),
     pytest.param("circle_hyper_spread.yaml", 32, None, marks=pytest.mark.slow),
+    # The learned spread: its gradient averaged with the model's, its mixture term over the
+    # all-gathered global batch, its own optimizer stepped on every rank.
+    pytest.param("seed_learned_spread.yaml", 32, None, marks=pytest.mark.slow),
 ])
 def test_two_cpu_processes_train_the_one_process_run(config, k, objective, tmp_path, monkeypatch):
     """K = 32 optimizer steps per Lightning step (the default; each step's gradients are
