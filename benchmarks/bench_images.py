@@ -34,7 +34,9 @@ same count for all three), the warm-up (``--warmup`` steps, at a group boundary 
 where each clock stops (hand: after the last step; bare: in ``on_train_end``; default: when
 ``fit`` returns), the interleaved repeats (hand, bare, default, hand, ...), the best of
 ``--repeats`` kept, ratios bare / hand and default / hand computed on the unrounded best
-rates, ``--json`` (every rate, unrounded), ``--threads`` and ``--clock cpu``: exactly as in
+rates (and, after the table, each repeat's fit rates over the hand rate of the same repeat,
+with their median: on a machine whose speed swings between repeats the paired median is
+the steadier estimate), ``--json`` (every rate, unrounded), ``--threads`` and ``--clock cpu``: exactly as in
 ``bench_steps.py``, whose ``run_steps``, ``_StepTimer`` and ``_sync`` are used here.
 
 The image scores' feature network (``lightning_vae.image_metrics``) is trained once before
@@ -74,6 +76,7 @@ import gc
 import json
 import logging
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -295,6 +298,15 @@ def format_row(row: dict) -> str:
             f"{_mb(peak['hand']):>7} {_mb(peak['bare']):>7} {_mb(peak['default']):>10}")
 
 
+def format_paired(row: dict) -> str:
+    """The repeat-by-repeat ratios of a row and their medians (printed after the table)."""
+    cells = []
+    for c in ("bare", "default"):
+        ratios = " ".join(f"{v:.2f}" for v in row[f"paired_{c}_over_hand"])
+        cells.append(f"{c}/hand {ratios} (median {row[f'median_paired_{c}_over_hand']:.2f})")
+    return f"  paired by repeat, {row['config']} at batch {row['batch_size']}: " + "; ".join(cells)
+
+
 HEADER = (f"{'config':<22} {'device':>6} {'batch':>5} {'steps':>5} {'hand img/s':>10} {'bare img/s':>10} "
           f"{'bare/hand':>9} {'default img/s':>13} {'default/hand':>12} {'hand MB':>7} {'bare MB':>7} "
           f"{'default MB':>10}")
@@ -351,6 +363,7 @@ def main() -> None:
               "repeats": args.repeats, "n_train": args.n_train, "clock": args.clock,
               "peak_kind": memory.kind, "rows": []}
     configs = [(name, config_path(name)) for name in args.config]
+    paired_lines: list[str] = []
     ks, channels_last = set(), set()
     with tempfile.TemporaryDirectory(prefix="bench_images_") as tmp:
         cache_dir = str(Path(tmp) / "features")
@@ -393,8 +406,18 @@ def main() -> None:
                        "default_over_hand": best["default"] / best["hand"], "runs": runs,
                        "peak_mb": {c: (max(v) if v else None) for c, v in peaks.items()},
                        "peak_runs_mb": peaks}
+                # Repeat by repeat: each fit run against the hand run just before it. On a
+                # noisy machine (rates that swing by half between repeats) their median says
+                # more than the ratio of bests, which pairs each column's luckiest spell.
+                for c in ("bare", "default"):
+                    paired = [f / h for f, h in zip(runs[c], runs["hand"])]
+                    row[f"paired_{c}_over_hand"] = paired
+                    row[f"median_paired_{c}_over_hand"] = statistics.median(paired)
                 report["rows"].append(row)
                 print(format_row(row), flush=True)
+                paired_lines.append(format_paired(row))
+    for line in paired_lines:
+        print(line)
     report["max_rss_mb"] = max_rss_mb()
     print(f"img/s = optimizer steps x batch size / second; fit ran K = {', '.join(map(str, sorted(ks)))} "
           f"optimizer steps per Lightning step (--data.steps_per_batch; an epoch caps it)")
