@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds lab study images dims
+.PHONY: setup seed test test-slow seeds lab study images dims learned
 
 setup:
 	@scripts/setup.sh
@@ -19,7 +19,8 @@ seeds: setup  ## both seed configs over seeds 0-9 (one vectorised ensemble each)
 	@$(PY) -m lightning_vae sweep --config seed_elbo seed_spread --seeds 0-9 --name seeds
 
 IMAGE_CONFIGS := $(basename $(notdir $(wildcard configs/fading_*.yaml configs/digits_*.yaml configs/sprites_*.yaml)))
-POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
+LEARNED_CONFIGS := $(basename $(notdir $(wildcard configs/*_learned_spread.yaml)))
+POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS) $(LEARNED_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
 
 lab: setup  ## every point-data config over seeds 0-2, one table (README: Beyond the seed; images: make images)
 	@$(PY) -m lightning_vae sweep --config $(POINT_CONFIGS) --seeds 0-2 --name lab
@@ -32,6 +33,19 @@ dims: setup  ## circle and sphere in R^3..R^16 under a rotation no test tuned to
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_hyper_delta sphere_hyper_delta $(DIMS) --root logs/dims --name delta
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_spread_embedded --seeds 0-2 --root logs/dims --name embedded
 	@$(PY) -m lightning_vae report logs/dims/sweeps
+
+ASCENTS := --grid model.objective.init_args.kernel.init_args.ascent=divergence,loss --seeds_as processes --jobs 2 --root logs/learned
+
+learned: setup  ## learned spread (README: Learned spread): seed 10 seeds, circle 5, sphere 3, both ascents; FadingSquare 3; fixed-spread references
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_learned_spread --seeds 0-9 $(ASCENTS) --name seed
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config circle_learned_spread --seeds 0-4 $(ASCENTS) --name circle
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config sphere_learned_spread --seeds 0-2 $(ASCENTS) --name sphere
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config fading_learned_spread --seeds 0-2 --seeds_as processes --jobs 2 --root logs/learned --name fading
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --seeds 0-4 --seeds_as processes --jobs 2 --root logs/learned --name fixedp
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --grid model.objective.init_args.noise_std=0.05 --seeds 0-4 --root logs/learned --name floor
+	@$(PY) scripts/learned_spread_figure.py logs/learned/sweeps/seed
+	@$(PY) scripts/learned_spread_directions.py logs/learned/sweeps/fading/base/seed_0
+	@$(PY) scripts/learned_spread_table.py logs/learned/sweeps
 
 study:  ## the seed study: ELBO vs spread at noise 0.1/0.3/1.0, 10 seeds each, and its report
 	@scripts/reproduce_study.sh

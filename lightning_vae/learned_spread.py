@@ -194,8 +194,9 @@ class LearnedGaussianKernel(torch.nn.Module):
         - ``tangent_fraction``: the share of L L^T's variance in the tangent space,
           mean_x ||T_x^T L||_F^2 / ||L||_F^2 (0: all of it normal to the manifold);
         - ``angle_mean`` / ``angle_max``: the principal angles (degrees) between L's column
-          space and the normal space at x, mean over the angles and the points / the
-          largest (0: L lies in the normal space). Needs R <= D - d; the R angles are the
+          space and the normal space at x: their mean over the R angles and the points /
+          the largest of the R at each point, averaged over the points (0: L lies in the
+          normal space). Needs R <= D - d; the R angles are the
           arccos of the singular values of (I - T T^T) Q, Q an orthonormal basis of col(L).
         """
         f = self.factor.detach().double()
