@@ -19,7 +19,7 @@ seeds: setup  ## both seed configs over seeds 0-9 (one vectorised ensemble each)
 	@$(PY) -m lightning_vae sweep --config seed_elbo seed_spread --seeds 0-9 --name seeds
 
 IMAGE_CONFIGS := $(basename $(notdir $(wildcard configs/fading_*.yaml configs/digits_*.yaml configs/sprites_*.yaml)))
-LEARNED_CONFIGS := $(basename $(notdir $(wildcard configs/*_learned_spread.yaml)))
+LEARNED_CONFIGS := $(basename $(notdir $(wildcard configs/*_learned_spread.yaml configs/*_transform_spread.yaml)))
 POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS) $(LEARNED_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
 
 lab: setup  ## every point-data config over seeds 0-2, one table (README: Beyond the seed; images: make images)
@@ -43,6 +43,8 @@ learned: setup  ## learned spread (README: Learned spread): seed 10 seeds, circl
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config fading_learned_spread --seeds 0-2 --seeds_as processes --jobs 2 --root logs/learned --name fading
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --seeds 0-4 --seeds_as processes --jobs 2 --root logs/learned --name fixedp
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --grid model.objective.init_args.noise_std=0.05 --seeds 0-4 --root logs/learned --name floor
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config delta_transform_spread --seeds 0-4 $(ASCENTS) --name transform
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config delta_gaussian --seeds 0-4 --seeds_as processes --jobs 2 --root logs/learned --name deltafixed
 	@$(PY) scripts/learned_spread_figure.py logs/learned/sweeps/seed
 	@$(PY) scripts/learned_spread_directions.py logs/learned/sweeps/fading/base/seed_0
 	@$(PY) scripts/learned_spread_table.py logs/learned/sweeps

@@ -182,6 +182,16 @@ class LearnedGaussianKernel(torch.nn.Module):
         return torch.logsumexp(log_k, dim=1) - math.log(len(x))
 
     @torch.no_grad()
+    def scalars(self, noise_std: float, data_dim: int, x: Tensor | None = None) -> dict[str, float]:
+        """``spread/eigen_<r>`` (the spectrum, largest first, up to 32), ``total_variance``
+        (tr Sigma = D noise_std^2 + tr L L^T) and ``budget_error`` (|tr L L^T - budget|)."""
+        trace = float(self.factor.detach().square().sum())
+        out = {f"spread/eigen_{r}": float(v) for r, v in enumerate(self.spectrum()[:32])}
+        out["spread/total_variance"] = data_dim * noise_std**2 + trace
+        out["spread/budget_error"] = abs(trace - self.budget)
+        return out
+
+    @torch.no_grad()
     def spectrum(self) -> Tensor:
         """The R eigenvalues of L L^T (the squared singular values of L), descending."""
         return torch.linalg.svdvals(self.factor.detach().double()).square().float()
@@ -217,3 +227,172 @@ class LearnedGaussianKernel(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"LearnedGaussianKernel(rank={self.rank}, budget={self.budget:g}, ascent={self.ascent!r})"
+
+
+class _LipschitzLinear(torch.nn.Module):
+    """A linear layer whose weight is scaled down to spectral norm <= 1 when it is above:
+    W / max(1, sigma(W)), sigma by one power iteration per training forward pass (the
+    vector kept as a buffer: deterministic, checkpointed), as in invertible residual
+    networks (Behrmann et al. 2019). Unlike torch's spectral_norm, which always divides by
+    sigma, a small weight stays small, so a block can start near the identity."""
+
+    def __init__(self, a: int, b: int, init_std: float | None = None) -> None:
+        super().__init__()
+        linear = torch.nn.Linear(a, b)
+        if init_std is not None:
+            torch.nn.init.normal_(linear.weight, std=init_std)
+            torch.nn.init.zeros_(linear.bias)
+        self.weight, self.bias = linear.weight, linear.bias
+        u = torch.randn(b)
+        self.register_buffer("u", u / u.norm())
+
+    def sigma(self) -> Tensor:
+        """The power iteration's estimate of the spectral norm (a lower bound)."""
+        w = self.weight
+        if self.training:
+            with torch.no_grad():
+                v = torch.nn.functional.normalize(w.T @ self.u, dim=0)
+                self.u.copy_(torch.nn.functional.normalize(w @ v, dim=0))
+        u = self.u.clone()  # the graph keeps this copy: later iterations update the buffer in place
+        v = torch.nn.functional.normalize(w.T @ u, dim=0).detach()
+        return u @ w @ v
+
+    def effective_weight(self) -> Tensor:
+        return self.weight / self.sigma().clamp_min(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.effective_weight(), self.bias)
+
+
+class _ResidualBlock(torch.nn.Module):
+    """x -> x + c h(x), h an MLP of linear layers of spectral norm <= 1 and ELUs (both
+    1-Lipschitz), so Lip(c h) <= c < 1 and the block is invertible (Behrmann et al. 2019).
+    The last layer starts small (std 1e-3): f starts close to the identity."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, coefficient: float) -> None:
+        super().__init__()
+        sizes = [dim, *([hidden] * depth), dim]
+        layers: list[torch.nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            layers.append(_LipschitzLinear(a, b, init_std=1e-3 if last else None))
+            if not last:
+                layers.append(torch.nn.ELU())
+        self.h = torch.nn.Sequential(*layers)
+        self.coefficient = coefficient
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.coefficient * self.h(x)
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """c times the product of the layers' exact spectral norms (as scaled now)."""
+        bound = self.coefficient
+        for layer in self.h:
+            if isinstance(layer, _LipschitzLinear):
+                w = layer.weight.double()
+                bound *= float(torch.linalg.matrix_norm(w, ord=2)) / max(1.0, float(layer.sigma()))
+        return bound
+
+
+class ResidualTransformKernel(torch.nn.Module):
+    """Learned spread by an injective mean transform (Zhang et al., section 4.2):
+
+        y = f_psi(x) + noise_std e,   e ~ N(0, I),
+
+    on the data and on the model alike: the spread likelihood of a deterministic decoder
+    is N(y; f(g(z)), noise_std^2 I), exact (a Gaussian decoder pushed through a non-linear
+    f is not Gaussian: refused). f is an invertible residual network, ``blocks`` blocks
+    x -> x + c h(x) with Lip(c h) < 1 (spectral normalisation, c = ``coefficient``), so f is
+    injective and the spread divergence stays a divergence; the constraint bounds what the
+    maximiser can do (f expands distances by at most (1 + c)^blocks, contracts them by at
+    most (1 - c)^blocks). f starts close to the identity (the fixed spread), as the paper's
+    model starts from the fixed-spread one. Trained like ``LearnedGaussianKernel``: its own
+    optimizer, ascending (``ascent``, the same two choices; docs/learned_spread.md).
+
+    Each layer's spectral norm is estimated by one power iteration per training forward
+    pass (a lower bound, so a bound a little above c is possible); ``spread/lipschitz``
+    logs the exact one, the largest over the blocks of c x the product of the layers'
+    spectral norms as scaled.
+
+    Args:
+        blocks: residual blocks (>= 1).
+        hidden: width of each block's MLP.
+        depth: hidden layers per block (>= 1).
+        coefficient: c in (0, 1).
+        ascent: "divergence" (default) or "loss", as for ``LearnedGaussianKernel``.
+    """
+
+    learned = True
+    transforms = True  # the model's decoder means go through ``transform`` too
+
+    def __init__(self, blocks: int = 2, hidden: int = 64, depth: int = 1, coefficient: float = 0.9,
+                 ascent: Literal["divergence", "loss"] = "divergence") -> None:
+        super().__init__()
+        for name, value, low in (("blocks", blocks, 1), ("hidden", hidden, 1), ("depth", depth, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) \
+                or not 0 < coefficient < 1:
+            raise ValueError(f"coefficient must be a number in (0, 1) (each block's Lipschitz bound), "
+                             f"got {coefficient!r}")
+        if ascent not in ASCENTS:
+            raise ValueError(f"ascent must be one of {', '.join(ASCENTS)}, got {ascent!r}")
+        self.n_blocks, self.hidden, self.depth = blocks, hidden, depth
+        self.coefficient, self.ascent = float(coefficient), ascent
+        self.blocks: torch.nn.ModuleList | None = None
+
+    def build(self, data_dim: int, generator: torch.Generator | None = None) -> None:
+        """Create the blocks for data of dimension ``data_dim`` (f near the identity)."""
+        self.blocks = torch.nn.ModuleList(_ResidualBlock(data_dim, self.hidden, self.depth, self.coefficient)
+                                          for _ in range(self.n_blocks))
+
+    def transform(self, x: Tensor) -> Tensor:
+        """f(x), over the last axis of ``x`` ``(..., D)``."""
+        if self.blocks is None:
+            raise RuntimeError("ResidualTransformKernel.build(data_dim) has not been called "
+                               "(the VAE does it; in Python, call it before use)")
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def renormalise(self) -> None:
+        """Nothing to restore: the constraint is built into the parametrisation."""
+
+    # --- the Kernel protocol: isotropic Gaussian noise around f(x) -----------------------
+
+    def sample(self, shape: torch.Size | tuple[int, ...], noise_std: float,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str | None = None) -> Tensor:
+        noise_std = _check_noise_std(noise_std)
+        return noise_std * torch.randn(shape, generator=generator, dtype=dtype, device=_device(generator, device))
+
+    def log_prob(self, u: Tensor, noise_std: float) -> Tensor:
+        noise_std = _check_noise_std(noise_std, positive=True)
+        return (-0.5 * (u / noise_std).square() - math.log(noise_std) - 0.5 * LOG_2PI).sum(-1)
+
+    def convolved_log_prob(self, u: Tensor, scale: Tensor, noise_std: float) -> Tensor:
+        raise ValueError("ResidualTransformKernel needs a deterministic decoder (model.decoder: "
+                         "lightning_vae.nets.DeterministicDecoder): a Gaussian decoder pushed through "
+                         "a non-linear transform has no closed-form likelihood")
+
+    def spread_log_density(self, y: Tensor, x: Tensor, noise_std: float) -> Tensor:
+        """log p~(y_i), p~ = (1/N) sum_j N(.; f(x_j), noise_std^2 I), ``(B,)``."""
+        u = y[:, None, :] - self.transform(x)[None, :, :]  # (B, N, D)
+        return torch.logsumexp(self.log_prob(u, noise_std), dim=1) - math.log(len(x))
+
+    @torch.no_grad()
+    def scalars(self, noise_std: float, data_dim: int, x: Tensor | None = None) -> dict[str, float]:
+        """``spread/lipschitz`` (the largest block bound, < 1 by construction) and, on
+        points ``x``, ``spread/displacement``: the rms of |f(x) - x| over the points."""
+        out = {"spread/lipschitz": max(b.lipschitz_bound() for b in self.blocks)}
+        if x is not None:
+            was = self.training
+            self.eval()  # no power-iteration update for a measurement
+            out["spread/displacement"] = float((self.transform(x) - x).square().sum(-1).mean().sqrt())
+            self.train(was)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ResidualTransformKernel(blocks={self.n_blocks}, hidden={self.hidden}, depth={self.depth}, "
+                f"coefficient={self.coefficient:g}, ascent={self.ascent!r})")

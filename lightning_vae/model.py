@@ -42,7 +42,6 @@ def optimizer_config(params, optimizer: OptimizerCallable | None, lr_schedule: s
 
 INIT_POINTS = 4096  # training points a data-dependent initialisation reads (the first ones)
 ALIGNMENT_POINTS = 512  # training points at which the learned spread's alignment is measured
-SPREAD_EIGEN_TAGS = 32  # at most this many spread/eigen_<r> scalars (the largest)
 
 
 def learned_kernel(objective: Objective):
@@ -96,6 +95,9 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
             ``optimizer`` (default Adam, lr 1e-3, constant rate), used only when the
             objective's kernel is learned (``LearnedGaussianKernel``): it ascends the
             divergence while ``optimizer`` descends it (docs/learned_spread.md).
+        spread_lr_schedule: the learned spread's rate: "constant" (default) or "cosine"
+            (to 0 over the run, as the model's "cosine": the adversary then cannot keep
+            moving while the model's rate has run out).
         lr_schedule: "cosine" decays the learning rate to 0 over the run's steps (every
             step); "constant" keeps it.
         steps_per_batch: optimizer steps per Lightning step (linked from the datamodule,
@@ -119,6 +121,7 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         steps_per_batch: int = 1,
         spread_optimizer: OptimizerCallable | None = None,
+        spread_lr_schedule: Literal["constant", "cosine"] = "constant",
     ) -> None:
         super().__init__()
         if data_dim < 1:
@@ -138,7 +141,15 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         self.spread = learned_kernel(self.objective)
         if self.spread is not None:
             self.spread.build(data_dim)
+            if getattr(self.spread, "transforms", False):
+                if not decoder.deterministic:
+                    raise ValueError(f"{self.spread!r} needs a deterministic decoder (model.decoder: "
+                                     f"lightning_vae.nets.DeterministicDecoder), got {decoder!r}")
+                self.net.loc_transform = self.spread.transform  # the decoder means go through f too
         self._spread_optimizer = spread_optimizer
+        if spread_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"spread_lr_schedule must be 'constant' or 'cosine', got {spread_lr_schedule!r}")
+        self.spread_lr_schedule = spread_lr_schedule
         self._spread_values: dict[str, Tensor] = {}  # the step's divergence terms, to log
         self._tangent: Tensor | None = None  # tangent bases at training points (alignment)
         # The training noise (spread) has its own generator, seeded by the run's seed: its
@@ -295,25 +306,24 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
     def final_hp_values(self) -> dict[str, float]:
         """The run's own final metrics for ``HParamsSummary``: the learned spread's
         alignment (``hp/spread_tangent_fraction``, ``hp/spread_angle_mean``, ...)."""
-        if self.spread is None or self._tangent is None:
+        if self.spread is None or self._tangent is None or not hasattr(self.spread, "alignment"):
             return {}
         return {f"hp/spread_{k}": v for k, v in self.spread.alignment(self._tangent).items()}
 
     def spread_scalars(self, step: int) -> dict[str, float]:
-        """The learned spread's ``spread/*`` scalars: its spectrum (``eigen_<r>``, the
-        eigenvalues of L L^T, largest first), ``total_variance`` (tr Sigma = D sigma^2 +
-        tr L L^T), ``budget_error`` (|tr L L^T - budget|), the alignment with the data
+        """The learned spread's ``spread/*`` scalars: the kernel's own (``scalars``: for the
+        Gaussian, its spectrum ``eigen_<r>``, ``total_variance`` = D sigma^2 + tr L L^T,
+        ``budget_error``; for the transform, ``lipschitz`` and ``displacement``), the alignment with the data
         manifold where it has an exact tangent space (``tangent_fraction``, ``angle_mean``,
         ``angle_max``, degrees), and the step's ``divergence`` and ``data_log_density``
         (ascent "divergence"; under DDP the means over the ranks), at optimizer step ``step``
         (its noise level: the loop logs after the step, when ``global_step`` is step + 1)."""
         kernel = self.spread
         noise_std = self.objective.step_noise_std(step)
-        trace = float(kernel.factor.detach().square().sum())
-        out = {f"spread/eigen_{r}": float(v) for r, v in enumerate(kernel.spectrum()[:SPREAD_EIGEN_TAGS])}
-        out["spread/total_variance"] = self.hparams.data_dim * noise_std**2 + trace
-        out["spread/budget_error"] = abs(trace - kernel.budget)
-        if self._tangent is not None:
+        train_x = getattr(self.trainer.datamodule, "train_x", None)
+        points = None if train_x is None else train_x[:ALIGNMENT_POINTS].to(self.device)
+        out = kernel.scalars(noise_std, self.hparams.data_dim, points)
+        if self._tangent is not None and hasattr(kernel, "alignment"):
             out.update({f"spread/{k}": v for k, v in kernel.alignment(self._tangent).items()})
         if self._spread_values:
             stacked = torch.stack(list(self._spread_values.values()))
@@ -366,9 +376,9 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         if self.spread is None:
             return optimizer_config(self.parameters(), self._optimizer, self.lr_schedule, self._total_steps)
         # Two players: the model's parameters descend, the learned spread's ascend (its own
-        # optimizer, a constant rate; the loop reverses its gradients).
+        # optimizer and rate schedule; the loop reverses its gradients).
         model = [p for name, p in self.named_parameters() if not name.startswith("spread.")]
         config = optimizer_config(model, self._optimizer, self.lr_schedule, self._total_steps)
-        noise = (self._spread_optimizer(self.spread.parameters()) if self._spread_optimizer
-                 else torch.optim.Adam(self.spread.parameters(), lr=1e-3))
-        return [config if isinstance(config, dict) else {"optimizer": config}, {"optimizer": noise}]
+        noise = optimizer_config(self.spread.parameters(), self._spread_optimizer, self.spread_lr_schedule,
+                                 self._total_steps)
+        return [c if isinstance(c, dict) else {"optimizer": c} for c in (config, noise)]

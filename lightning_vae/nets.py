@@ -313,6 +313,11 @@ class DiscreteVAE(nn.Module):
     ``decoder_params``, ``log_px`` (exact), ``sample`` (clean model), ``encode``, ``decode``.
     """
 
+    # The spread's learned mean transform f (``learned_spread.ResidualTransformKernel``),
+    # applied to the decoder means inside ``expectation`` only (the spread likelihood
+    # N(y; f(g(z)), sigma^2)); samples and decoder_params stay the clean model's. Set by the VAE.
+    loc_transform = None
+
     enumerable = True
 
     def __init__(
@@ -414,6 +419,8 @@ class DiscreteVAE(nn.Module):
         decoder std ``(K, D)`` (None for a deterministic decoder)."""
         log_q = self.log_q(y)  # (B, K)
         loc, scale = self.decoder_params(y)  # (K, D)
+        if self.loc_transform is not None:  # a learned spread's mean transform: y = f(x) + noise
+            loc = self.loc_transform(loc)
         ll = log_lik(y[:, None, :] - loc, None if self.deterministic else scale)  # (B, K)
         log_prior = self.log_prior(y)
         t = elbo_terms(log_q, log_prior, ll)
@@ -468,6 +475,11 @@ class GaussianVAE(nn.Module):
     q(z|x)), ``log_px`` (the IWAE bound), ``prior``, ``sample``, ``encode``, ``decode``, and
     ``decoder_params`` at the latent's fixed probe points (for monitoring).
     """
+
+    # The spread's learned mean transform f (``learned_spread.ResidualTransformKernel``),
+    # applied to the decoder means inside ``expectation`` only (the spread likelihood
+    # N(y; f(g(z)), sigma^2)); samples and decoder_params stay the clean model's. Set by the VAE.
+    loc_transform = None
 
     enumerable = False
 
@@ -621,6 +633,8 @@ def importance_weights(vae: GaussianVAE, y: Tensor, eps: Tensor, log_lik: LogLik
     params = vae.encode_params(y)  # (B, d), ...
     z = latent.rsample(params, eps)  # (S, B, d)
     loc, scale = vae.decoder(z)  # (S, B, D)
+    if vae.loc_transform is not None:  # a learned spread's mean transform: y = f(x) + noise
+        loc = vae.loc_transform(loc)
     log_ratio = latent.log_ratio(z, eps, params)
     return log_lik(y - loc, None if vae.deterministic else scale), log_ratio, latent.kl(params, log_ratio), scale
 

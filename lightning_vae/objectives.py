@@ -285,6 +285,8 @@ class _Noisy(_ELBOFamily):
         # A generator lives on its own device; move its draw.
         device = generator.device if generator is not None else x.device
         noise = self.kernel.sample(x.shape, noise_std, generator=generator, dtype=x.dtype, device=device)
+        if getattr(self.kernel, "transforms", False):  # a learned mean transform: y = f(x) + noise
+            x = self.kernel.transform(x)
         return x + noise.to(x.device)  # (B, D)
 
     def _repr_args(self) -> str:

@@ -322,8 +322,8 @@ class KStepTraining:
             self.on_after_optimizer_step(step)
             if log_now:  # before the schedule moves on: train/lr is the rate this step used
                 self.log_train(terms, step)
-            if scheduler is not None:
-                scheduler.step()
+            for sched in (scheduler if isinstance(scheduler, list) else [scheduler] if scheduler else []):
+                sched.step()  # the model's, and the adversary's where it has one
             self._micro = 0
             step += 1
             if i < len(x) - 1:

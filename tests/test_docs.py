@@ -41,6 +41,7 @@ def written(tmp_path_factory) -> set[str]:
     for config, extra in (("seed_elbo.yaml", []), ("seed_spread.yaml", []), ("seed_denoise.yaml", []),
                           ("seed_elbo_diverge.yaml", []), ("circle_spread.yaml", []),
                           ("circle_gauss_spread.yaml", []), ("circle_learned_spread.yaml", []),
+                          ("delta_transform_spread.yaml", []),
                           ("fading_delta_gaussian.yaml", image)):
         # One epoch writes every tag; the image run needs two (train/warm_start's logging step).
         run = fit(config, root, f"--trainer.max_epochs={2 if extra else 1}", *extra)
