@@ -106,10 +106,11 @@ class EnsembleVAE(SafeLoading, KStepTraining, pl.LightningModule):
         self._decoder = decoder
         if decoder.deterministic and not self.objective.trains_deterministic:
             raise ValueError(DETERMINISTIC_NEEDS_SPREAD)
-        if getattr(getattr(self.objective, "kernel", None), "learned", False):
-            raise ValueError("a learned spread kernel (LearnedGaussianKernel) trains one noise per run, not one "
-                             "shared by vectorised members: run the seeds as processes "
-                             "(sweep --seeds_as processes) or one fit per seed")
+        kernel = getattr(self.objective, "kernel", None)
+        if getattr(kernel, "learned", False):
+            raise ValueError(f"a learned spread kernel ({kernel!r}) trains one noise per run, not one shared "
+                             f"by vectorised members: run the seeds as processes (sweep --seeds_as processes) "
+                             f"or one fit per seed")
         members = []
         for s in seeds:  # exactly what a single run's VAE.__init__ does after seed_everything(s)
             torch.manual_seed(s)

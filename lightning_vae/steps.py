@@ -23,6 +23,11 @@ say what the CLI must set for that:
   (``ModelCheckpoint(every_n_train_steps)``, an integer ``val_check_interval``,
   ``limit_train_batches``) fall on group ends: K is lowered to divide them
   (``align_steps_per_batch``) and the trainer counts them in groups;
+- a second optimizer (``configure_optimizers`` returning two) is an adversary's, the
+  learned spread's: one backward of ``terms.loss + terms.adversary``, its gradients
+  negated (``reverse_adversary_gradients``), its torch optimizer stepped after the
+  model's step (so ``global_step`` counts the model's steps only), both schedules
+  stepped every step;
 - per-step callbacks that act between steps (``LearningRateMonitor``,
   ``WeightAveraging``) get their hook for every inner step, with Lightning's logging
   step kept equal to the optimizer step (``compat.set_logging_step``).
@@ -273,7 +278,8 @@ class KStepTraining:
         batches). Returns the losses, ``(K,)`` or ``(K, M)``."""
         trainer = self.trainer
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        # A second optimizer is the learned spread's (``adversary_step``): it ascends.
+        # A second optimizer is an adversary's (the learned spread's): it ascends, by
+        # ``reverse_adversary_gradients``, and steps after the model (``after_adversary_step``).
         optimizer, adversary = (optimizer[0], optimizer[1]) if isinstance(optimizer, list) else (optimizer, None)
         every, n_acc = trainer.log_every_n_steps, self.accumulate_grad_batches
         last_group = batch_idx + 1 == trainer.num_training_batches
