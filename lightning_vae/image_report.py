@@ -59,7 +59,8 @@ def table(root: Path) -> str:
     lines = ["| experiment | seed | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
     hashes: dict[str, set[str]] = {}
     for exp in sorted(p for p in root.iterdir() if p.is_dir()):
-        seeds = sorted(exp.glob("seed_*"), key=lambda p: int(p.name.split("_")[1]))
+        # seed_<n> run directories only (a config named seed_spread is not one).
+        seeds = sorted((p for p in exp.glob("seed_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
         rows = []
         for run in seeds:
             row = run_row(run)
