@@ -42,6 +42,7 @@ learned: setup  ## learned spread (README: Learned spread): seed 10 seeds, circl
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config sphere_learned_spread --seeds 0-2 $(ASCENTS) --name sphere
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config fading_learned_spread --seeds 0-2 --seeds_as processes --jobs 2 --root logs/learned --name fading
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config digits_learned_spread --seeds 0-2 --seeds_as processes --jobs 2 --root logs/learned --name digits
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config digits_transform_spread --seeds 0-2 --seeds_as processes --jobs 2 --root logs/learned --name digits_transform
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --seeds 0-4 --seeds_as processes --jobs 2 --root logs/learned --name fixedp
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config seed_spread circle_spread --grid model.objective.init_args.noise_std=0.05 --seeds 0-4 --root logs/learned --name floor
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config delta_transform_spread --seeds 0-4 $(ASCENTS) --name transform
