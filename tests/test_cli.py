@@ -41,7 +41,9 @@ SIBLING_COVERED = {"circle_hyper_delta.yaml": "sphere_hyper_delta.yaml",
                    "sphere_elbo.yaml": "circle_elbo.yaml", "sphere_spread.yaml": "circle_spread.yaml",
                    "circle_spread_embedded.yaml": "tests/test_embedding.py",
                    "circle_learned_spread.yaml": "seed_learned_spread.yaml",
-                   "sphere_learned_spread.yaml": "seed_learned_spread.yaml"}
+                   "sphere_learned_spread.yaml": "seed_learned_spread.yaml",
+                   "seed_learned_spread.yaml": "tests/test_learned_spread.py",
+                   "delta_transform_spread.yaml": "tests/test_transform_spread.py"}
 
 
 @pytest.mark.parametrize("config", [

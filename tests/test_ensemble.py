@@ -22,7 +22,7 @@ ENSEMBLE_TINY = TINY
 
 @pytest.mark.parametrize("config,k,max_steps", [
     ("seed_spread.yaml", 6, 30),
-    ("seed_elbo.yaml", 6, 100),  # past the variance collapse (~step 60)
+    pytest.param("seed_elbo.yaml", 6, 100, marks=pytest.mark.slow),  # past the variance collapse (~step 60)
     # The other latents and decoders (~5-12 s each; the default suite keeps the two above).
     pytest.param("seed_spread.yaml", 1, 30, marks=pytest.mark.slow),  # 1.5 epochs: crosses a reshuffle
     pytest.param("circle_spread.yaml", 6, 30, marks=pytest.mark.slow),  # 64 states, learned weights, R^3

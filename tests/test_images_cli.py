@@ -52,7 +52,13 @@ def test_there_are_image_configs_for_both_data_sets():
         assert first.startswith("# ") and len(first) > 40, config
 
 
-@pytest.mark.parametrize("config", IMAGE_CONFIGS)
+# The digits' learned spreads: the same kernels train at image scale in fading_learned_spread
+# here and in tests/test_transform_spread.py (the slow suite trains them too).
+SLOW_IMAGE = {"digits_learned_spread.yaml", "digits_transform_spread.yaml"}
+
+
+@pytest.mark.parametrize("config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_IMAGE else c
+                                    for c in IMAGE_CONFIGS])
 def test_every_image_config_trains(config, tmp_path, monkeypatch):
     monkeypatch.setenv("LVAE_CACHE_DIR", str(tmp_path / "cache"))  # no state from the machine
     run = _fit(config, tmp_path)
