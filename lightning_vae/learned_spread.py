@@ -43,6 +43,7 @@ from torch import Tensor
 from lightning_vae.kernels import LOG_2PI, _check_noise_std, _device
 
 ASCENTS = ("divergence", "loss")
+EIGEN_TAGS = 32  # at most this many spread/eigen_<r> scalars (the largest)
 
 
 def _solve_cholesky(chol: Tensor, b: Tensor) -> Tensor:
@@ -183,10 +184,10 @@ class LearnedGaussianKernel(torch.nn.Module):
 
     @torch.no_grad()
     def scalars(self, noise_std: float, data_dim: int, x: Tensor | None = None) -> dict[str, float]:
-        """``spread/eigen_<r>`` (the spectrum, largest first, up to 32), ``total_variance``
+        """``spread/eigen_<r>`` (the spectrum, largest first, up to ``EIGEN_TAGS``), ``total_variance``
         (tr Sigma = D noise_std^2 + tr L L^T) and ``budget_error`` (|tr L L^T - budget|)."""
         trace = float(self.factor.detach().square().sum())
-        out = {f"spread/eigen_{r}": float(v) for r, v in enumerate(self.spectrum()[:32])}
+        out = {f"spread/eigen_{r}": float(v) for r, v in enumerate(self.spectrum()[:EIGEN_TAGS])}
         out["spread/total_variance"] = data_dim * noise_std**2 + trace
         out["spread/budget_error"] = abs(trace - self.budget)
         return out

@@ -98,10 +98,17 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> bool:
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Lay out ``fig``, write it to ``path`` (its folder made if needed) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
+    return Path(path)
+
+
+def _save(fig, path: Path) -> bool:
+    save_figure(fig, path)
     return True
 
 

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_vae.report import save_figure  # noqa: E402
 from lightning_vae.runs import final_checkpoint  # noqa: E402
 
 
@@ -69,10 +70,7 @@ def main() -> None:
     if tangent is not None:
         head += f"; share of L L^T along the manifold: {model.spread.alignment(tangent)['tangent_fraction']:.3f}"
     fig.suptitle(head, fontsize=9)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    print(f"wrote {save_figure(fig, args.out, dpi=110)}")
 
 
 if __name__ == "__main__":

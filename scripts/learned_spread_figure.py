@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_vae.report import save_figure  # noqa: E402
 from lightning_vae.runs import final_checkpoint, read_scalars  # noqa: E402
 
 COLOURS = {"divergence": "tab:red", "loss": "tab:blue"}
@@ -90,10 +91,7 @@ def main() -> None:
     right.set_ylim(-0.8, 0.8)
     right.set_title("final noise: 1-sigma ellipse of sigma^2 I + L L^T, each seed")
     right.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    print(f"wrote {save_figure(fig, args.out, dpi=110)}")
 
 
 if __name__ == "__main__":
