@@ -1,7 +1,7 @@
 # Both targets set up .venv themselves (idempotent; see scripts/setup.sh).
 PY := $(or $(LVAE_VENV),.venv)/bin/python
 
-.PHONY: setup seed test test-slow seeds lab study images dims learned
+.PHONY: setup seed test test-slow seeds lab study images dims learned ica
 
 setup:
 	@scripts/setup.sh
@@ -20,7 +20,8 @@ seeds: setup  ## both seed configs over seeds 0-9 (one vectorised ensemble each)
 
 IMAGE_CONFIGS := $(basename $(notdir $(wildcard configs/fading_*.yaml configs/digits_*.yaml configs/sprites_*.yaml)))
 LEARNED_CONFIGS := $(basename $(notdir $(wildcard configs/*_learned_spread.yaml configs/*_transform_spread.yaml)))
-POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS) $(LEARNED_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
+ICA_CONFIGS := $(basename $(notdir $(wildcard configs/ica_*.yaml)))
+POINT_CONFIGS := $(filter-out $(IMAGE_CONFIGS) $(LEARNED_CONFIGS) $(ICA_CONFIGS),$(sort $(basename $(notdir $(wildcard configs/*.yaml)))))
 
 lab: setup  ## every point-data config over seeds 0-2, one table (README: Beyond the seed; images: make images)
 	@$(PY) -m lightning_vae sweep --config $(POINT_CONFIGS) --seeds 0-2 --name lab
@@ -58,3 +59,11 @@ images: setup  ## the image experiments (README: Images): 6 configs x seeds 0-2,
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config fading_elbo fading_delta_gaussian fading_delta_laplace \
 		digits_vae digits_delta_gaussian digits_delta_laplace --seeds 0-2 --seeds_as processes --jobs 2 --name images
 	@$(PY) -m lightning_vae.image_report logs/sweeps/images
+
+ica: setup  ## linear ICA by EM (README: Spread EM for linear ICA): error against gamma (set-up a) and against N (set-up b), tables and figures
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config ica_standard ica_spread \
+		--grid data.init_args.gamma=0,0.001,0.01,0.1,0.2,0.5 --seeds 0 --jobs 2 --name ica_gamma
+	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config ica_n_standard ica_n_spread \
+		--grid data.init_args.n=100,300,1000,3000,10000 --seeds 0 --jobs 2 --name ica_n
+	@$(PY) scripts/ica_table.py logs/sweeps/ica_gamma --by gamma --figure docs/figures/ica_gamma.png
+	@$(PY) scripts/ica_table.py logs/sweeps/ica_n --by n --figure docs/figures/ica_n.png

@@ -531,11 +531,16 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
-def build_cli(args: list[str] | None = None, run: bool = True, cli_class=None, model_class=None):
-    """The CLI object; with ``run=False`` it only parses and instantiates (no subcommand)."""
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class=None, model_class=None,
+              datamodule_class=None, subclass_mode: bool = False):
+    """The CLI object; with ``run=False`` it only parses and instantiates (no subcommand).
+    ``subclass_mode``: the model and the data are chosen in the config by ``class_path``
+    (subclasses of ``model_class`` and ``datamodule_class``)."""
     return (cli_class or VAECLI)(
         model_class or VAE,
-        ManifoldDataModule,
+        datamodule_class or ManifoldDataModule,
+        subclass_mode_model=subclass_mode,
+        subclass_mode_data=subclass_mode,
         args=args,
         run=run,
         parser_class=_Parser,
@@ -566,11 +571,20 @@ def _save_traceback() -> str:
 
 
 def main(args: list[str] | None = None):
-    """Run the CLI (see ``run_cli``)."""
+    """Run the CLI (see ``run_cli``): the VAE's, or, for a config whose ``model.class_path``
+    is a ``lightning_vae.ica_em.LinearICA``, linear ICA by EM's (``ica_em.main``)."""
+    if config_files.names_model(sys.argv[1:] if args is None else list(args), ICA_MODELS):
+        from lightning_vae.ica_em import main as ica_main
+
+        return ica_main(args)
     return run_cli(VAECLI, VAE, args)
 
 
-def run_cli(cli_class, model_class, args: list[str] | None = None):
+ICA_MODELS = ("lightning_vae.ica_em.LinearICA",)
+
+
+def run_cli(cli_class, model_class, args: list[str] | None = None, datamodule_class=None,
+            subclass_mode: bool = False):
     """Run a CLI. Errors end with one line on stderr, never a raw traceback (unless
     LVAE_TRACEBACK=1): bad input exits 2; an unexpected error exits 1 and its traceback is
     saved to a file named in the message."""
@@ -587,7 +601,8 @@ def run_cli(cli_class, model_class, args: list[str] | None = None):
     else:
         args = config_files.resolve_argv(list(args))
     try:
-        return build_cli(args, cli_class=cli_class, model_class=model_class)
+        return build_cli(args, cli_class=cli_class, model_class=model_class, datamodule_class=datamodule_class,
+                         subclass_mode=subclass_mode)
     except (SystemExit, KeyboardInterrupt) as stop:
         _release_reserved()  # an exit before anything was written (a finished run's resume)
         # A fit cut off by SIGTERM or SIGINT (RunOutcome saved its checkpoint and said so):

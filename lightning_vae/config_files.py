@@ -61,6 +61,41 @@ def resolve_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def names_model(argv: list[str], class_paths: Iterable[str]) -> bool:
+    """Whether the command line's model is one of ``class_paths``: the last
+    ``model.class_path`` that its ``--config`` files (resolved as ``resolve_argv`` does; a
+    subcommand's section too) or a ``--model.class_path`` / ``--model`` argument set. A file
+    that cannot be read says nothing here (the parser reports it)."""
+    import yaml
+
+    found, i = None, 0
+    argv = resolve_argv(list(argv))
+    while i < len(argv):
+        arg, value = argv[i], None
+        key, eq, inline = arg.partition("=")
+        if key in ("--config", "--model.class_path", "--model"):
+            if eq:
+                value = inline
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+                i += 1
+        i += 1
+        if value is None:
+            continue
+        if key != "--config":
+            found = value
+            continue
+        try:
+            root = yaml.safe_load(Path(value).read_text()) if Path(value).is_file() else None
+        except Exception:  # noqa: BLE001 - the parser's one-line error will name it
+            root = None
+        for section in [root, *(root.get(s) for s in SUBCOMMANDS)] if isinstance(root, dict) else []:
+            model = section.get("model") if isinstance(section, dict) else None
+            if isinstance(model, dict) and isinstance(model.get("class_path"), str):
+                found = model["class_path"]
+    return found in set(class_paths)
+
+
 # --- a config file checked before the parser reads it ------------------------------------
 
 MAX_BYTES = 1 << 20  # a config is a few kB; a bigger file is another kind of file

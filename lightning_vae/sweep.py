@@ -751,6 +751,10 @@ def _summary(row: dict, values: dict) -> str:
         return f"INTERRUPTED: {row.get('error', '')}; a rerun resumes it"
     loss, dist = values.get("train/loss", math.nan), values.get("quality/dist_mean", math.nan)
     how = f" (resumed from {row['resumed_from']})" if row.get("resumed_from") else ""
+    if "ica/error" in values:  # linear ICA by EM (lightning_vae/ica_em.py)
+        return (f"{row.get('status')}{how} in {row.get('process_wall_s', math.nan):.0f} s: error "
+                f"{values['ica/error']:.3f} +- {values.get('ica/error_se', math.nan):.3f} (mean over repeats), "
+                f"log-lik {values.get('train/log_lik', math.nan):.3f}")
     return (f"{row.get('status')}{how} in {row.get('process_wall_s', math.nan):.0f} s: loss {loss:.3f}, MMD^2 "
             f"{values.get('quality/mmd', math.nan):.4f}, dist {dist:.3f}, "
             f"collapse {'yes' if values.get('collapsed') else 'no'}")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, fit
+from conftest import ICA_TINY, ROOT, fit, fit_ica
 
 
 def documented_tags() -> list[str]:
@@ -49,6 +49,17 @@ def written(tmp_path_factory) -> set[str]:
         acc.Reload()
         for kind in ("scalars", "images", "histograms"):
             tags.update(acc.Tags()[kind])
+    # Linear ICA by EM (another model): spread EM writes every ICA tag, and test/* comes
+    # from a test of its checkpoint.
+    from lightning_vae.cli import main
+
+    run = fit_ica("ica_spread.yaml", root)
+    main(["test", "--config", "ica_spread", *ICA_TINY, f"--trainer.logger.init_args.save_dir={root}",
+          f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    for folder in sorted((root / "ica_spread").glob("version_*")):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags.update(acc.Tags()["scalars"])
     return tags
 
 

@@ -101,3 +101,31 @@ def test_the_spread_rule_and_bad_inputs():
         ica_data(10, 2, 2, -1.0, gen(0))
     with pytest.raises(ValueError, match="n, x_dim and z_dim must be >= 1"):
         ica_data(0, 2, 2, 0.1, gen(0))
+
+
+def test_the_proposal_factor_falls_back_to_eigenvectors_where_cholesky_fails(monkeypatch):
+    """Where a repeat's Cholesky fails (an A^T A too ill-conditioned), its factor comes from
+    the eigendecomposition: still L L^T = v (A^T A)^{-1} and the same log det; an exactly
+    singular A^T A gives a finite factor instead of an error."""
+    from lightning_vae import ica
+
+    a = torch.randn(3, 8, 4, dtype=torch.float64, generator=gen(12))
+    gram = a.transpose(-1, -2) @ a
+    v = torch.tensor([0.5, 0.2, 1e-4], dtype=torch.float64)
+    exact, exact_log_det = ica.proposal_factor(gram, v)
+    cholesky_ex = torch.linalg.cholesky_ex
+
+    def failing(m):
+        chol, info = cholesky_ex(m)
+        return chol, torch.tensor([0, 1, 0], dtype=info.dtype)  # repeat 1 "fails"
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failing)
+    factor, log_det = ica.proposal_factor(gram, v)
+    torch.testing.assert_close(factor[[0, 2]], exact[[0, 2]], rtol=0, atol=0)
+    torch.testing.assert_close(factor[1] @ factor[1].T, v[1] * torch.linalg.inv(gram[1]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(log_det, exact_log_det, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(factor[1], exact[1])  # the other factor, not the Cholesky one
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", cholesky_ex)
+    a[1, :, 3] = a[1, :, 2]  # exactly rank deficient
+    factor, log_det = ica.proposal_factor(a.transpose(-1, -2) @ a, v)
+    assert factor.isfinite().all() and log_det.isfinite().all()
