@@ -66,4 +66,4 @@ ica: setup  ## linear ICA by EM (README: Spread EM for linear ICA): error agains
 	@OMP_NUM_THREADS=1 $(PY) -m lightning_vae sweep --config ica_n_standard ica_n_spread \
 		--grid data.init_args.n=100,300,1000,3000,10000 --seeds 0 --jobs 2 --name ica_n
 	@$(PY) scripts/ica_table.py logs/sweeps/ica_gamma --by gamma --figure docs/figures/ica_gamma.png
-	@$(PY) scripts/ica_table.py logs/sweeps/ica_n --by n --figure docs/figures/ica_n.png
+	@$(PY) scripts/ica_table.py logs/sweeps/ica_n --by n --figure docs/figures/ica_n.png --trajectory ica/error_median

@@ -302,12 +302,12 @@ class LinearICA(KStepTraining, pl.LightningModule):
         with torch.no_grad():
             stats = ica.e_step(y, a, variance, self.s_z, generator, chunk=self.chunk)
         self._stats = stats  # handed to the M-step by backward
-        log_lik = stats.log_lik
-        if sigma is None and self.gamma == 0:
-            log_lik = noiseless_log_lik(x.double(), a)
+        log_lik, ess = stats.log_lik, stats.ess.mean() / self.s_z
+        if sigma is None and self.gamma == 0:  # the exact point mass: no sampling
+            log_lik, ess = noiseless_log_lik(x.double(), a), torch.ones(())
         if values:
             self._a_before = self.a.detach().clone()
-        out = {"log_lik": log_lik.mean(), "ess": stats.ess.mean() / self.s_z}
+        out = {"log_lik": log_lik.mean(), "ess": ess}
         if sigma is not None:
             out["spread_std"] = sigma.mean()
         return Terms(loss=-log_lik, values=out)
@@ -403,7 +403,8 @@ class LinearICA(KStepTraining, pl.LightningModule):
         ``ica/``: ``error`` (the mean over repeats of the paper's error of A after this
         iteration), ``error_se`` (its standard error), ``error_median``, ``change`` (the
         relative change of A in this iteration, ||A_new - A|| / ||A||: 0 is the freeze),
-        ``ess`` (the importance weights' effective sample size / s_z) and ``spread_std``."""
+        ``ess`` (the importance weights' effective sample size / s_z; 1 for the exact
+        point-mass E-step) and ``spread_std``."""
         values = {"train/loss": float(terms.loss.mean()), "train/log_lik": float(terms.values["log_lik"]),
                   "ica/ess": float(terms.values["ess"])}
         if "spread_std" in terms.values:

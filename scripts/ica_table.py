@@ -8,8 +8,9 @@ settings and each repeat's final error, ``lightning_vae/ica_em.py``). Runs are g
 method and by the ``--by`` setting (``gamma`` or ``n``); a group's errors are those of all
 its repeats (over every seed of the sweep), and the table gives their mean, standard error
 (std / sqrt(count)) and median, with the count. The figure has two panels: the final error
-(mean +- standard error, log scale) against the setting for standard and spread EM, and
-the mean error over the iterations (``ica/error`` from the event files) of every run.
+(mean +- standard error, and the median, log scale) against the setting for standard and
+spread EM, and the error over the iterations of every run (``ica/error``, the mean over repeats, from the
+event files; ``--trajectory ica/error_median``: the median).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def table(groups: dict, by: str) -> str:
     return "\n".join(lines)
 
 
-def figure(groups: dict, by: str, path: Path) -> Path:
+def figure(groups: dict, by: str, path: Path, trajectory: str = "ica/error") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,35 +99,38 @@ def figure(groups: dict, by: str, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     colours = {"standard": "tab:red", "spread": "tab:blue"}
     for method in METHODS:
-        xs, means, ses = [], [], []
+        xs, means, ses, medians = [], [], [], []
         for v in values:
             g = groups.get((method, v))
             if g:
                 s = summary(g["errors"])
-                xs.append(at(v)), means.append(s["mean"]), ses.append(s["se"])
+                xs.append(at(v)), means.append(s["mean"]), ses.append(s["se"]), medians.append(s["median"])
         if xs:
-            left.errorbar(xs, means, yerr=ses, marker="o", capsize=3, color=colours[method], label=f"{method} EM")
+            left.errorbar(xs, means, yerr=ses, marker="o", capsize=3, color=colours[method],
+                          label=f"{method} EM: mean ± s.e.")
+            left.plot(xs, medians, marker="o", markerfacecolor="none", linestyle=":", color=colours[method],
+                      label=f"{method} EM: median")
     left.set_xscale("log"), left.set_yscale("log")
     if by == "gamma" and 0 in values:
         ticks = [at(v) for v in values]
         left.set_xticks(ticks, [("0" if v == 0 else f"{v:g}") for v in values])
         left.minorticks_off()
     left.set_xlabel("observation noise gamma" if by == "gamma" else "number of points N")
-    left.set_ylabel("final error, mean ± s.e. over repeats")
+    left.set_ylabel("final error over repeats")
     left.set_title("error after the last EM iteration")
-    left.legend()
+    left.legend(fontsize=7, framealpha=0.8)
     cmap = plt.get_cmap("viridis")
     for (method, v), g in sorted(groups.items()):
         colour = cmap(values.index(v) / max(1, len(values) - 1))
         for run in g["runs"]:
-            series = read_scalars(run).get("ica/error", [])
+            series = read_scalars(run).get(trajectory, [])
             if series:
                 label = (f"{'gamma' if by == 'gamma' else 'N'} = {v:g}" if method == "spread" else None)
                 right.plot([s for s, _ in series], [e for _, e in series], color=colour,
                            linestyle="-" if method == "spread" else "--", label=label)
     right.set_yscale("log")
     right.set_xlabel("EM iteration")
-    right.set_ylabel("error, mean over repeats")
+    right.set_ylabel(f"error, {'median' if trajectory.endswith('median') else 'mean'} over repeats")
     right.set_title("solid: spread EM, dashed: standard EM")
     right.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
@@ -137,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("root", type=Path, help="a sweep's directory, e.g. logs/sweeps/ica_gamma")
     ap.add_argument("--by", choices=("gamma", "n"), required=True, help="the swept setting")
     ap.add_argument("--figure", type=Path, default=None, help="write the figure here (PNG)")
+    ap.add_argument("--trajectory", choices=("ica/error", "ica/error_median"), default="ica/error",
+                    help="the right panel's statistic over repeats (the median: where one repeat's "
+                         "error dominates the mean)")
     args = ap.parse_args(argv)
     if not args.root.is_dir():
         ap.error(f"{args.root} is not a directory; expected a sweep's directory, e.g. logs/sweeps/ica_gamma")
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = grouped(found, args.by)
     print(table(groups, args.by))
     if args.figure is not None:
-        print(f"figure: {figure(groups, args.by, args.figure)}")
+        print(f"figure: {figure(groups, args.by, args.figure, args.trajectory)}")
 
 
 if __name__ == "__main__":
