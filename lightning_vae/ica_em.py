@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_vae import ica
 from lightning_vae.objectives import Terms
 from lightning_vae.scalars import flush_event_files, log_scalars
-from lightning_vae.steps import KStepTraining
+from lightning_vae.steps import KStepTraining, SeededNoise
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Independent streams of one seed: the data, the initial A, the E-step's noise.
@@ -208,7 +208,7 @@ class MStep(torch.optim.Optimizer):
         return loss
 
 
-class LinearICA(KStepTraining, pl.LightningModule):
+class LinearICA(SeededNoise, KStepTraining, pl.LightningModule):
     """Linear ICA, x = A z + gamma n, learned by EM: one EM iteration per optimizer step.
 
     Args:
@@ -255,8 +255,7 @@ class LinearICA(KStepTraining, pl.LightningModule):
                              - 1 for r in range(repeats)])
         self.a = torch.nn.Parameter(start, requires_grad=False)  # (R, X, Z), updated in place by MStep
         self.noise_seed = int(torch.initial_seed())  # the E-step's noise, saved in checkpoints
-        self._noise: torch.Generator | None = None
-        self._noise_state: Tensor | None = None
+        self._noise, self._noise_state = None, None  # SeededNoise's
         self._m_step: MStep | None = None
         self._stats: ica.EStep | None = None  # the E-step's, until backward hands them on
         self._a_before: Tensor | None = None
@@ -278,13 +277,6 @@ class LinearICA(KStepTraining, pl.LightningModule):
         """The paper's error of each repeat's A (``ica.relative_error``)."""
         a = self.a if a is None else a
         return [ica.relative_error(a[r].cpu(), self.a_true[r].cpu()) for r in range(a.shape[0])]
-
-    def noise_generator(self, device: torch.device) -> torch.Generator:
-        if self._noise is None or self._noise.device != device:
-            self._noise = torch.Generator(device=device).manual_seed(self.noise_seed)
-            if self._noise_state is not None:
-                self._noise.set_state(self._noise_state)
-        return self._noise
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The E-step of iteration ``step`` on ``x`` ``(R, N, X)``: its statistics go to the
@@ -386,14 +378,12 @@ class LinearICA(KStepTraining, pl.LightningModule):
             self.initial_error = self.errors()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._noise is not None:
-            checkpoint["noise_generator_state"] = self._noise.get_state()
+        self.save_noise_state(checkpoint)
         checkpoint["initial_error"] = self.initial_error
         flush_event_files(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._noise_state = checkpoint.get("noise_generator_state")
-        self._noise = None
+        self.load_noise_state(checkpoint)
         self.initial_error = checkpoint.get("initial_error")
         self._loaded_step = int(checkpoint.get("global_step") or 0)
 

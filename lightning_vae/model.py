@@ -15,7 +15,7 @@ from lightning_vae.checkpoints import SafeLoading
 from lightning_vae.nets import Decoder, GaussianDecoder, Network, build_core
 from lightning_vae.objectives import DETERMINISTIC_NEEDS_SPREAD, ELBO, ONE_PROCESS, Objective, SpreadELBO, Terms
 from lightning_vae.scalars import flush_event_files, log_scalars
-from lightning_vae.steps import KStepTraining
+from lightning_vae.steps import KStepTraining, SeededNoise
 
 EVAL_NOISE_SEED = 0  # fixed spread noise in val/test, so epochs are comparable
 
@@ -67,7 +67,7 @@ def data_for_init(trainer: pl.Trainer, net) -> Tensor | None:
     return None if x is None else x[:INIT_POINTS]
 
 
-class VAE(SafeLoading, KStepTraining, pl.LightningModule):
+class VAE(SafeLoading, SeededNoise, KStepTraining, pl.LightningModule):
     """A VAE (the seed's Bernoulli latent by default), trained with the objective given in config.
 
     Args:
@@ -157,8 +157,7 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
         # Lightning), it is saved in checkpoints, and an ensemble member with the same seed
         # draws exactly the same noise.
         self.noise_seed = int(torch.initial_seed())
-        self._noise: torch.Generator | None = None
-        self._noise_state: Tensor | None = None  # restored from a checkpoint, applied lazily
+        self._noise, self._noise_state = None, None  # SeededNoise's
         self._share = ONE_PROCESS  # (world size, rank), set at the start of fit
         # The Terms of the current training step, scored at the weights before its
         # optimizer step (None before the first): callbacks read ``last_terms.scale``, the
@@ -215,22 +214,12 @@ class VAE(SafeLoading, KStepTraining, pl.LightningModule):
 
     # --- Lightning hooks --------------------------------------------------------------
 
-    def noise_generator(self, device: torch.device) -> torch.Generator:
-        """The training-noise generator (created on first use on the data's device)."""
-        if self._noise is None or self._noise.device != device:
-            self._noise = torch.Generator(device=device).manual_seed(self.noise_seed)
-            if self._noise_state is not None:
-                self._noise.set_state(self._noise_state)
-        return self._noise
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._noise is not None:
-            checkpoint["noise_generator_state"] = self._noise.get_state()
+        self.save_noise_state(checkpoint)
         flush_event_files(self.trainer)  # the events up to this checkpoint survive a kill
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._noise_state = checkpoint.get("noise_generator_state")
-        self._noise = None
+        self.load_noise_state(checkpoint)
 
     def on_fit_start(self) -> None:
         # DDP: each rank takes its rows of the global batch's noise (Objective.draw).

@@ -184,6 +184,35 @@ def _overriding(trainer: pl.Trainer, module: pl.LightningModule, name: str) -> l
     return hooks
 
 
+class SeededNoise:
+    """Mixin for a ``LightningModule``: the training noise's own generator. It is seeded by
+    ``noise_seed`` (the run's seed; set it in ``__init__``), created on first use on the
+    data's device, saved in checkpoints and restored from them (``save_noise_state`` and
+    ``load_noise_state``, called from the module's checkpoint hooks), so that its stream
+    does not depend on what else draws from torch's global RNG and a resumed run draws what
+    the whole run would have."""
+
+    noise_seed: int = 0
+    _noise: torch.Generator | None = None
+    _noise_state: Tensor | None = None  # restored from a checkpoint, applied lazily
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The training-noise generator (created on first use on the data's device)."""
+        if self._noise is None or self._noise.device != device:
+            self._noise = torch.Generator(device=device).manual_seed(self.noise_seed)
+            if self._noise_state is not None:
+                self._noise.set_state(self._noise_state)
+        return self._noise
+
+    def save_noise_state(self, checkpoint: dict) -> None:
+        if self._noise is not None:
+            checkpoint["noise_generator_state"] = self._noise.get_state()
+
+    def load_noise_state(self, checkpoint: dict) -> None:
+        self._noise_state = checkpoint.get("noise_generator_state")
+        self._noise = None
+
+
 class KStepTraining:
     """Mixin for a ``LightningModule`` (listed before it): the training loop. The module
     provides ``step_terms(x, step, values)``, the objective's ``Terms`` of one batch at
