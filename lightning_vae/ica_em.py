@@ -273,24 +273,28 @@ class LinearICA(SeededNoise, KStepTraining, pl.LightningModule):
             return torch.full((self.a.shape[0],), float(self.hparams.spread_std), dtype=torch.float64)
         return ica.spread_noise(self.a, self.hparams.spread_scale, self.hparams.spread_floor)
 
-    def errors(self, a: Tensor | None = None) -> list[float]:
+    def errors(self) -> list[float]:
         """The paper's error of each repeat's A (``ica.relative_error``)."""
-        a = self.a if a is None else a
-        return [ica.relative_error(a[r].cpu(), self.a_true[r].cpu()) for r in range(a.shape[0])]
+        return [ica.relative_error(self.a[r].detach().cpu(), self.a_true[r].cpu()) for r in range(self.a.shape[0])]
+
+    def spread_data(self, x: Tensor, generator: torch.Generator, copies: int) -> tuple[Tensor, object, Tensor | None]:
+        """(y, the likelihood's variance, sigma) for EM on ``x`` ``(R, N, X)``: standard EM,
+        (x, gamma^2, None); spread EM, ``copies`` noisy copies y = x + sigma e of every
+        point ``(R, copies N, X)``, drawn from ``generator``, variance gamma^2 + sigma^2 and
+        sigma per repeat ``(R,)``."""
+        sigma = self.spread_level()
+        if sigma is None:
+            return x, self.gamma**2, None
+        noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        y = (x + sigma.to(x)[:, None, None] * noise).movedim(0, 1).reshape(x.shape[0], copies * x.shape[1], x.shape[2])
+        return y, self.gamma**2 + sigma.double() ** 2, sigma
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The E-step of iteration ``step`` on ``x`` ``(R, N, X)``: its statistics go to the
         M-step; the loss is minus the (spread) log-likelihood per repeat, ``(R,)``."""
         generator = self.noise_generator(x.device)
         a = self.a.detach()  # float64: the E-step does its Z x Z algebra in float64
-        sigma = self.spread_level()
-        if sigma is None:
-            y, variance = x, self.gamma**2
-        else:
-            noise = torch.randn(self.s_y, *x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            s = sigma.to(x)[:, None, None]
-            y = (x + s * noise).movedim(0, 1).reshape(x.shape[0], self.s_y * x.shape[1], x.shape[2])
-            variance = self.gamma**2 + sigma.double() ** 2
+        y, variance, sigma = self.spread_data(x, generator, self.s_y)
         with torch.no_grad():
             stats = ica.e_step(y, a, variance, self.s_z, generator, chunk=self.chunk)
         self._stats = stats  # handed to the M-step by backward
@@ -314,12 +318,7 @@ class LinearICA(SeededNoise, KStepTraining, pl.LightningModule):
         if self.method == "standard" and self.gamma == 0:
             return noiseless_log_lik(x.double(), a)
         g = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
-        sigma = self.spread_level()
-        if sigma is None:
-            y, variance = x, self.gamma**2
-        else:
-            y = x + sigma.to(x)[:, None, None] * torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-            variance = self.gamma**2 + sigma.double() ** 2
+        y, variance, _ = self.spread_data(x, g, 1)
         return ica.e_step(y, a, variance, self.s_z, g, chunk=self.chunk).log_lik
 
     def _eval_step(self, x: Tensor, stage: str) -> None:
@@ -440,12 +439,6 @@ def noiseless_log_lik(x: Tensor, a: Tensor) -> Tensor:
 
 # --- the CLI --------------------------------------------------------------------------------
 
-def _cli_base():
-    from lightning_vae.cli import VAECLI
-
-    return VAECLI
-
-
 def ica_cli_class():
     """``ICACLI``: the VAE CLI's machinery (one-line errors, the run directory checks, the
     logger, ``checkpoint`` and ``run_outcome`` groups, the K-step loop's trainer settings,
@@ -459,9 +452,7 @@ def ica_cli_class():
     from lightning_vae.callbacks import RunOutcome
     from lightning_vae.errors import bad_input
 
-    base = _cli_base()
-
-    class ICACLI(base):
+    class ICACLI(cli_module.VAECLI):
         def add_arguments_to_parser(self, parser) -> None:
             for key in ("x_dim", "z_dim", "gamma", "repeats", "steps_per_batch"):
                 parser.link_arguments(f"data.init_args.{key}", f"model.init_args.{key}")
