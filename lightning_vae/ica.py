@@ -175,6 +175,21 @@ def m_step(stats: EStep) -> Tensor:
     return torch.linalg.solve(stats.zz, stats.yz.transpose(-1, -2)).transpose(-1, -2)  # zz symmetric
 
 
+def spread_copies(x: Tensor, gamma: float, spread: float | Tensor | None, s_y: int,
+                  generator: torch.Generator) -> tuple[Tensor, float | Tensor]:
+    """(y, the likelihood's variance) of one EM iteration on ``x`` ``(N, X)`` or
+    ``(R, N, X)``: ``spread`` None, (x, gamma^2); a sigma (a number, or one per repeat
+    ``(R,)``), ``s_y`` noisy copies y = x + sigma e of every point drawn from
+    ``generator`` (``(s_y N, X)`` or ``(R, s_y N, X)``) and variance gamma^2 + sigma^2."""
+    if spread is None:
+        return x, gamma**2
+    sigma = torch.as_tensor(spread, dtype=x.dtype, device=x.device)  # () or (R,)
+    noise = torch.randn(s_y, *x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    y = (x + sigma.reshape(sigma.shape + (1, 1)) * noise).movedim(0, -3)
+    y = y.reshape(*x.shape[:-2], s_y * x.shape[-2], x.shape[-1])
+    return y, gamma**2 + torch.as_tensor(spread, dtype=torch.float64).reshape(-1) ** 2
+
+
 def em_step(x: Tensor, a: Tensor, gamma: float, s_z: int, generator: torch.Generator,
             spread: float | Tensor | None = None, s_y: int = 1, chunk: int = 2048) -> tuple[Tensor, EStep]:
     """One EM iteration; returns (the new A, the E-step's statistics). ``x`` ``(N, X)``
@@ -184,14 +199,7 @@ def em_step(x: Tensor, a: Tensor, gamma: float, s_z: int, generator: torch.Gener
     spread EM, ``s_y`` noisy copies y = x + sigma e of every point (drawn here, fresh each
     iteration) with variance gamma^2 + sigma^2.
     """
-    if spread is None:
-        y, variance = x, gamma**2
-    else:
-        sigma = torch.as_tensor(spread, dtype=x.dtype, device=x.device)  # () or (R,)
-        sigma = sigma.reshape(sigma.shape + (1, 1))
-        noise = torch.randn(s_y, *x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        y = (x + sigma * noise).movedim(0, -3).reshape(*x.shape[:-2], s_y * x.shape[-2], x.shape[-1])
-        variance = gamma**2 + torch.as_tensor(spread, dtype=torch.float64).reshape(-1) ** 2
+    y, variance = spread_copies(x, gamma, spread, s_y, generator)
     stats = e_step(y, a, variance, s_z, generator, chunk=chunk)
     return m_step(stats).to(a.dtype), stats
 

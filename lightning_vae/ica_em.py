@@ -283,11 +283,7 @@ class LinearICA(SeededNoise, KStepTraining, pl.LightningModule):
         point ``(R, copies N, X)``, drawn from ``generator``, variance gamma^2 + sigma^2 and
         sigma per repeat ``(R,)``."""
         sigma = self.spread_level()
-        if sigma is None:
-            return x, self.gamma**2, None
-        noise = torch.randn(copies, *x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        y = (x + sigma.to(x)[:, None, None] * noise).movedim(0, 1).reshape(x.shape[0], copies * x.shape[1], x.shape[2])
-        return y, self.gamma**2 + sigma.double() ** 2, sigma
+        return (*ica.spread_copies(x, self.gamma, sigma, copies, generator), sigma)
 
     def step_terms(self, x: Tensor, step: int, values: bool = True) -> Terms:
         """The E-step of iteration ``step`` on ``x`` ``(R, N, X)``: its statistics go to the
